@@ -1,0 +1,222 @@
+"""RIDE multi-expert networks exposed through pure ``init`` / ``apply`` functions.
+
+A RIDE network is a shared trunk followed by E experts with identical architecture.
+The experts' parameters and BatchNorm statistics are stacked on a leading expert axis::
+
+    variables = {'params':      {'trunk': {...}, 'experts': {... leaves [E, ...] ...}},
+                 'batch_stats': {'trunk': {...}, 'experts': {... leaves [E, ...] ...}}}
+
+Two interchangeable expert implementations read that same layout:
+
+* ``'vmap'``: ``jax.vmap`` of one expert over the stacked variables (convolutions
+  become grouped convolutions);
+* ``'loop'``: a Python loop over experts, slicing expert i's variables.
+
+They give identical outputs and gradients (tested), so a checkpoint trained with one
+runs with the other.
+
+``model.apply(variables, images, train=False)`` returns a dict::
+
+    {'expert_logits': [E, B, C], 'logits': [B, C] (mean over experts),
+     'features': [E, B, D] (pooled features before each classifier)}
+
+and with ``train=True`` a pair ``(outputs, {'batch_stats': new_batch_stats})``, as Linen
+does with ``mutable=['batch_stats']``. Images are NHWC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ride_jax.models.resnet_cifar import CifarExpert, CifarTrunk
+from ride_jax.models.resnet_imagenet import IMAGENET_ARCHS, ImageNetExpert, ImageNetTrunk
+
+Array = jax.Array
+Variables = dict[str, Any]
+
+ARCHS = ("resnet32",) + tuple(IMAGENET_ARCHS)
+EXPERT_IMPLS = ("vmap", "loop")
+
+
+@dataclasses.dataclass(frozen=True)
+class RIDEModel:
+    """A shared trunk and ``num_experts`` stacked experts. Hashable, holds no arrays.
+
+    Attributes:
+      trunk: Linen module ``(images, train) -> h``.
+      expert: Linen module ``(h, train) -> (logits [B, C], features [B, D])``.
+      num_experts: E.
+      num_classes: C.
+      expert_impl: ``'vmap'`` or ``'loop'`` (same variables, same numbers).
+      arch: the architecture name, for bookkeeping (compute accounting, conversion).
+    """
+
+    trunk: nn.Module
+    expert: nn.Module
+    num_experts: int
+    num_classes: int
+    expert_impl: str = "vmap"
+    arch: str = ""
+
+    def __post_init__(self):
+        if self.expert_impl not in EXPERT_IMPLS:
+            raise ValueError(f"expert_impl={self.expert_impl!r} is not one of {EXPERT_IMPLS}")
+        if not isinstance(self.num_experts, int) or self.num_experts < 1:
+            raise ValueError(f"num_experts must be a positive integer, got {self.num_experts!r}")
+
+    # ------------------------------------------------------------------ init
+    def init(self, rng: Array, images: Array) -> Variables:
+        """Initialises all variables. ``images: [B, H, W, 3]`` (only the shape matters)."""
+        self._check_images(images)
+        trunk_key, expert_key = jax.random.split(rng)
+        trunk_vars = self.trunk.init(trunk_key, images, train=False)
+        h = self.trunk.apply(trunk_vars, images, train=False)
+        keys = jax.random.split(expert_key, self.num_experts)
+        expert_vars = jax.vmap(lambda k: self.expert.init(k, h, train=False))(keys)
+        return _merge(trunk_vars, expert_vars)
+
+    # ----------------------------------------------------------------- apply
+    def apply(self, variables: Variables, images: Array, train: bool = False):
+        """Runs the network.
+
+        Args:
+          variables: ``{'params': ..., 'batch_stats': ...}`` in the stacked layout.
+          images: ``[B, H, W, 3]`` NHWC, already normalised.
+          train: batch statistics and running-stat updates (True) or running stats.
+
+        Returns:
+          ``outputs`` (eval) or ``(outputs, {'batch_stats': ...})`` (train), where
+          ``outputs = {'expert_logits': [E, B, C], 'logits': [B, C], 'features': [E, B, D]}``.
+        """
+        self._check_images(images)
+        self.check_variables(variables)
+        trunk_vars, expert_vars = _split(variables)
+        if train:
+            h, trunk_state = self.trunk.apply(trunk_vars, images, train=True,
+                                              mutable=["batch_stats"])
+        else:
+            h = self.trunk.apply(trunk_vars, images, train=False)
+            trunk_state = None
+
+        def one_expert(v):
+            if train:
+                return self.expert.apply(v, h, train=True, mutable=["batch_stats"])
+            return self.expert.apply(v, h, train=False), None
+
+        if self.expert_impl == "vmap":
+            (logits, features), expert_state = jax.vmap(one_expert)(expert_vars)
+        else:
+            results = [one_expert(_index(expert_vars, i)) for i in range(self.num_experts)]
+            logits = jnp.stack([r[0][0] for r in results])
+            features = jnp.stack([r[0][1] for r in results])
+            expert_state = (jax.tree.map(lambda *xs: jnp.stack(xs), *[r[1] for r in results])
+                            if train else None)
+
+        outputs = {"expert_logits": logits, "logits": jnp.mean(logits, axis=0),
+                   "features": features}
+        if not train:
+            return outputs
+        new_stats = {"trunk": trunk_state["batch_stats"],
+                     "experts": expert_state["batch_stats"]}
+        return outputs, {"batch_stats": new_stats}
+
+    # ------------------------------------------------------------ utilities
+    def check_variables(self, variables: Variables) -> None:
+        """Raises ValueError if ``variables`` do not have this model's number of experts."""
+        try:
+            leaf = jax.tree.leaves(variables["params"]["experts"])[0]
+        except (KeyError, IndexError, TypeError) as e:
+            raise ValueError(
+                "variables must be {'params': {'trunk': ..., 'experts': ...}, "
+                "'batch_stats': {...}} as returned by model.init") from e
+        if leaf.ndim == 0 or leaf.shape[0] != self.num_experts:
+            got = leaf.shape[0] if leaf.ndim else "no expert axis"
+            raise ValueError(f"the variables hold {got} experts but the model is configured "
+                             f"with num_experts={self.num_experts}")
+
+    @staticmethod
+    def _check_images(images) -> None:
+        shape = getattr(images, "shape", None)
+        if shape is None or len(shape) != 4:
+            raise ValueError(f"images must be a [B, H, W, 3] NHWC array, got shape {shape}")
+        if shape[-1] != 3:
+            hint = (" (this looks like NCHW: transpose with images.transpose(0, 2, 3, 1))"
+                    if shape[1] == 3 else "")
+            raise ValueError(f"images must be NHWC with 3 channels, got shape {tuple(shape)}{hint}")
+
+    def expert_variables(self, variables: Variables, i: int) -> Variables:
+        """Variables of expert ``i`` alone (unstacked), for ``self.expert.apply``."""
+        return _index(_split(variables)[1], i)
+
+
+def _split(variables: Variables) -> tuple[Variables, Variables]:
+    trunk = {col: tree["trunk"] for col, tree in variables.items()}
+    experts = {col: tree["experts"] for col, tree in variables.items()}
+    return trunk, experts
+
+
+def _merge(trunk: Variables, experts: Variables) -> Variables:
+    return {col: {"trunk": trunk[col], "experts": experts[col]} for col in trunk}
+
+
+def _index(tree, i: int):
+    return jax.tree.map(lambda a: a[i], tree)
+
+
+def create_model(arch: str = "resnet32", *, num_classes: int, num_experts: int = 3,
+                 reduce_dimension: bool = True, use_norm: bool = True, scale: float = 30.0,
+                 expert_impl: str = "vmap", dtype: Any = None,
+                 layer2_dim: int | None = None, layer3_dim: int | None = None,
+                 layer4_dim: int | None = None) -> RIDEModel:
+    """Builds a RIDE network as the official ``ResNet32Model`` / ``ResNet10Model`` /
+    ``ResNet50Model`` / ``ResNeXt50Model`` would.
+
+    Args:
+      arch: one of ``'resnet32'`` (CIFAR, 32x32), ``'resnet10'``, ``'resnet50'``,
+        ``'resnext50'`` (ImageNet-size, 224x224).
+      num_classes: C.
+      num_experts: E >= 1. ``resnet32`` with E=1 and ``reduce_dimension=False`` is the
+        LDAM-DRW baseline ResNet-32 (16/32/64).
+      reduce_dimension: expert widths 24/48 (CIFAR) or planes 192/384 (ImageNet)
+        instead of 32/64 or 256/512. True in every RIDE config.
+      use_norm: cosine classifier (NormedLinear, logits scaled by ``scale``) or a plain
+        linear layer with bias (scale 1).
+      scale: s of the cosine classifier (30 in every RIDE config).
+      expert_impl: ``'vmap'`` or ``'loop'``.
+      dtype: computation dtype (None: inferred from inputs and parameters).
+      layer2_dim, layer3_dim, layer4_dim: override the expert widths.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"arch={arch!r} is not one of {ARCHS}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if arch == "resnet32":
+        if layer4_dim is not None:
+            raise ValueError("resnet32 has no layer4: layer4_dim must be None")
+        trunk = CifarTrunk(dtype=dtype)
+        expert = CifarExpert(
+            num_classes=num_classes,
+            layer2_dim=layer2_dim or (24 if reduce_dimension else 32),
+            layer3_dim=layer3_dim or (48 if reduce_dimension else 64),
+            use_norm=use_norm, scale=scale, dtype=dtype)
+    else:
+        if layer2_dim is not None:
+            raise ValueError(f"{arch} shares layer2 across experts: layer2_dim must be None")
+        trunk = ImageNetTrunk(arch=arch, dtype=dtype)
+        expert = ImageNetExpert(
+            num_classes=num_classes, arch=arch,
+            layer3_dim=layer3_dim or (192 if reduce_dimension else 256),
+            layer4_dim=layer4_dim or (384 if reduce_dimension else 512),
+            use_norm=use_norm, scale=scale, dtype=dtype)
+    return RIDEModel(trunk=trunk, expert=expert, num_experts=num_experts,
+                     num_classes=num_classes, expert_impl=expert_impl, arch=arch)
+
+
+def count_params(variables: Variables) -> int:
+    """Number of trainable parameters (the official ``sum(p.numel())``)."""
+    return int(sum(x.size for x in jax.tree.leaves(variables["params"])))
