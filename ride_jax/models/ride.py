@@ -75,7 +75,9 @@ class RIDEModel:
         self._check_images(images)
         trunk_key, expert_key = jax.random.split(rng)
         trunk_vars = self.trunk.init(trunk_key, images, train=False)
-        h = self.trunk.apply(trunk_vars, images, train=False)
+        h_shape = jax.eval_shape(
+            lambda v, x: self.trunk.apply(v, x, train=False), trunk_vars, images)
+        h = jnp.zeros(h_shape.shape, h_shape.dtype)
         keys = jax.random.split(expert_key, self.num_experts)
         expert_vars = jax.vmap(lambda k: self.expert.init(k, h, train=False))(keys)
         return _merge(trunk_vars, expert_vars)
