@@ -6,8 +6,16 @@
 ``model/fb_resnets``) into ``(model, variables)``::
 
     model, variables = from_official('checkpoint-epoch200.pth', arch='resnet32',
-                                     num_classes=100, num_experts=3, allow_pickle=True)
+                                     num_classes=100, num_experts=3)
     logits = model.apply(variables, images_nhwc)['logits']
+
+Sources: a mapping of official names to arrays / torch tensors, a ``.npz`` of one, or a
+torch checkpoint (of which the ``'state_dict'`` entry of a checkpoint dict is used).
+A zip checkpoint (what ``torch.save`` writes since torch 1.6) is read without torch by
+``ride_jax.torch_pickle.load_pth``, which runs no pickled code (the official trainer's
+pickled config comes back as an inert stub). Only a legacy (torch < 1.6) file goes
+through ``torch.load`` and needs torch (and ``allow_pickle=True`` if it pickles more
+than tensors).
 
 Name mapping (official -> ride_jax; a ``module.`` / ``backbone.`` prefix is stripped):
 
@@ -36,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ride_jax import torch_pickle
 from ride_jax.models.ride import RIDEModel, Variables, create_model
 
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
@@ -49,27 +58,46 @@ def _load_state_dict(source: Any, allow_pickle: bool) -> dict[str, np.ndarray]:
         if path.endswith(".npz"):
             with np.load(path) as f:
                 return {k: f[k] for k in f.files}
-        try:
-            import torch  # pylint: disable=import-outside-toplevel
-        except ImportError as e:
-            raise ImportError(f"reading {path} needs torch; or save the state dict as .npz "
-                              "({name: tensor.numpy()}) and pass that") from e
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-        except Exception as e:  # pickle.UnpicklingError and friends
-            raise ValueError(
-                f"could not read {path} with torch.load(weights_only=True): {e}. Official "
-                "checkpoints also pickle their config; if you trust the file, pass "
-                "allow_pickle=True") from e
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no checkpoint at {path}")
+        if torch_pickle.is_torch_zip(path):  # torch >= 1.6 format: no torch, no code run
+            obj = torch_pickle.load_pth(path)
+        else:
+            obj = _torch_load_legacy(path, allow_pickle)
         source = obj.get("state_dict", obj) if isinstance(obj, Mapping) else obj
+        if isinstance(source, torch_pickle.PickledObject):  # e.g. a whole pickled nn.Module
+            raise TypeError(f"{path} holds a pickled {source.qualname()} object where the "
+                            "state_dict should be; the reader does not run pickled code")
     if not isinstance(source, Mapping):
         raise TypeError(f"state_dict must be a mapping, a .pth or a .npz path, got {type(source)}")
     out = {}
     for name, value in source.items():
+        if isinstance(value, torch_pickle.PickledObject):
+            raise TypeError(f"state_dict entry {name!r} is a {value.qualname()} this reader "
+                            "cannot turn into an array")
         if hasattr(value, "detach"):  # torch.Tensor
             value = value.detach().cpu().numpy()
         out[name] = np.asarray(value)
     return out
+
+
+def _torch_load_legacy(path: str, allow_pickle: bool) -> Any:
+    """``torch.load`` for what the torch-free reader does not read (torch < 1.6 files)."""
+    try:
+        import torch  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+        raise ValueError(
+            f"{path} is not a zip checkpoint: it is in the legacy format of torch < 1.6, "
+            "which needs torch to read (pip install torch); or re-save it with a recent "
+            "torch, or save the state dict as .npz ({name: tensor.numpy()}) and pass "
+            "that") from e
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as e:  # pickle.UnpicklingError and friends
+        raise ValueError(
+            f"could not read {path} with torch.load(weights_only={not allow_pickle}): {e}. "
+            "Official checkpoints also pickle their config; if you trust the file, pass "
+            "allow_pickle=True") from e
 
 
 def _strip(name: str) -> str:
@@ -142,22 +170,24 @@ def _uses_norm(model: RIDEModel) -> bool:
 
 def from_official(state_dict: Any, *, arch: str, num_classes: int, num_experts: int,
                   reduce_dimension: bool = True, use_norm: bool = True,
-                  expert_impl: str = "vmap", dtype: Any = None, allow_pickle: bool = False,
+                  expert_impl: str = "loop", dtype: Any = None, allow_pickle: bool = False,
                   **model_kwargs) -> tuple[RIDEModel, Variables]:
     """Converts an official RIDE state_dict into ``(model, variables)``.
 
     Args:
       state_dict: a mapping of official names to numpy arrays or torch tensors, a
-        path to a ``.npz`` of such a mapping, or a path to a ``.pth`` checkpoint
-        (needs torch; a checkpoint dict's ``'state_dict'`` entry is used).
+        path to a ``.npz`` of such a mapping, or a path to a ``.pth`` checkpoint (a
+        checkpoint dict's ``'state_dict'`` entry is used). Zip checkpoints (torch >= 1.6)
+        are read without torch and without running pickled code; legacy ones need torch.
       arch, num_classes, num_experts, reduce_dimension, use_norm: as the official
         model was built (see ``ride_jax.models.create_model``); they must match the
         checkpoint or a ValueError names the first mismatching tensor.
-      expert_impl: ``'vmap'`` or ``'loop'`` for the returned model.
+      expert_impl: ``'loop'`` (default) or ``'vmap'`` for the returned model.
       dtype: dtype of the returned arrays (default: float64 if ``jax_enable_x64`` is
         on and the checkpoint is float64, else float32).
-      allow_pickle: let ``torch.load`` unpickle arbitrary objects (official training
-        checkpoints pickle their config). Only for files you trust.
+      allow_pickle: let ``torch.load`` unpickle arbitrary objects when it reads a legacy
+        (torch < 1.6) checkpoint (official training checkpoints pickle their config).
+        Only for files you trust. Not needed for zip checkpoints.
       **model_kwargs: passed to ``create_model`` (e.g. ``layer3_dim``).
 
     Returns:
