@@ -54,7 +54,7 @@ class RIDEModel:
       num_experts: E.
       num_classes: C.
       expert_impl: ``'loop'`` (default) or ``'vmap'``: same variables, same numbers;
-        the loop is faster on CPU and on par on GPU (BENCHMARKS.md).
+        the loop is 3-13x faster on CPU for E >= 2 and on par on GPU (BENCHMARKS.md).
       arch: the architecture name, for bookkeeping (compute accounting, conversion).
     """
 
