@@ -29,11 +29,8 @@ import numpy as np
 import optax
 
 from ride_jax import losses
+from ride_jax.data import long_tail_counts
 from ride_jax.models import create_model
-
-
-def cifar100_lt_counts(ratio: float = 100.0) -> np.ndarray:
-    return np.array([int(500 * (1.0 / ratio) ** (c / 99.0)) for c in range(100)])
 
 
 def make_step(model, tx, vec, diversity_factor=-0.45):
@@ -60,7 +57,7 @@ def make_step(model, tx, vec, diversity_factor=-0.45):
 
 def bench_one(num_experts: int, impl: str, batch: int, steps: int, repeats: int,
               dtype=None) -> dict:
-    counts = cifar100_lt_counts()
+    counts = long_tail_counts(100, 500, ratio=100)  # CIFAR-100-LT
     vec = losses.ride_schedule(counts, epoch=170, reweight_epoch=160, reweight_factor=0.05)
     model = create_model("resnet32", num_classes=100, num_experts=num_experts,
                          reduce_dimension=True, expert_impl=impl, dtype=dtype)

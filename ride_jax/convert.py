@@ -160,7 +160,7 @@ def _leaf_paths(tree) -> list[tuple[tuple[str, ...], Any]]:
 
 
 def _template(model: RIDEModel) -> Variables:
-    size = 32 if model.arch == "resnet32" else 224
+    size = model.default_image_size
     return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
 
 

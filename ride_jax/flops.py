@@ -90,10 +90,6 @@ class ModelMacs:
         return float(sum(p * self.with_experts(k + 1) for k, p in enumerate(usage)))
 
 
-def default_image_size(model: RIDEModel) -> int:
-    return 32 if model.arch == "resnet32" else 224
-
-
 def model_macs(model: RIDEModel, image_size: int | None = None) -> ModelMacs:
     """Counts conv+linear MACs per ``image_size`` x ``image_size`` image.
 
@@ -101,7 +97,7 @@ def model_macs(model: RIDEModel, image_size: int | None = None) -> ModelMacs:
       model: a ``RIDEModel`` (``ride_jax.models.create_model``).
       image_size: input side (default 32 for ``resnet32``, 224 otherwise).
     """
-    size = image_size or default_image_size(model)
+    size = image_size or model.default_image_size
     images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), images)
     trunk_vars = {c: t["trunk"] for c, t in variables.items()}

@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
     from ride_jax import losses  # pylint: disable=import-outside-toplevel
+    from ride_jax.data import long_tail_counts  # pylint: disable=import-outside-toplevel
     from ride_jax.flops import model_macs  # pylint: disable=import-outside-toplevel
     from ride_jax.models import count_params, create_model  # pylint: disable=import-outside-toplevel
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     images = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
     labels = jnp.arange(8) * 12
     variables = jax.jit(model.init)(jax.random.key(0), images)
-    counts = [int(500 * 0.01 ** (c / 99)) for c in range(100)]
+    counts = long_tail_counts(100, 500, ratio=100)  # CIFAR-100-LT
     vec = losses.ride_schedule(counts, epoch=1, reweight_epoch=160, reweight_factor=0.05)
     out = jax.jit(model.apply)(variables, images)
     loss, aux = losses.ride_loss(out["expert_logits"], labels, margins=vec.margins,

@@ -272,11 +272,7 @@ def ride_schedule(
     )
     if reweighting_active(epoch, reweight_epoch):
         return active
-    return RideClassVectors(
-        margins=active.margins,
-        class_weights=jnp.ones_like(active.class_weights),
-        temperatures=jnp.full_like(active.temperatures, base_temperature),
-    )
+    return select_class_vectors(epoch, reweight_epoch, active, base_temperature)
 
 
 def select_class_vectors(

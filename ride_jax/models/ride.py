@@ -70,6 +70,11 @@ class RIDEModel:
         if not isinstance(self.num_experts, int) or self.num_experts < 1:
             raise ValueError(f"num_experts must be a positive integer, got {self.num_experts!r}")
 
+    @property
+    def default_image_size(self) -> int:
+        """Input side the architecture was designed for: 32 (CIFAR) or 224 (ImageNet)."""
+        return 32 if self.arch == "resnet32" else 224
+
     # ------------------------------------------------------------------ init
     def init(self, rng: Array, images: Array) -> Variables:
         """Initialises all variables. ``images: [B, H, W, 3]`` (only the shape matters)."""
