@@ -1,0 +1,276 @@
+"""Device-resident loader for datasets that fit in memory (no TensorFlow).
+
+The uint8 training and test images are put on every device of a 1-D ``'data'`` mesh
+once. A training step then sends only ``[B]`` int32 indices (sharded ``P('data')``);
+one jitted function gathers, augments (:mod:`ride_jax.data.augment`) and normalises
+the batch on the devices, each device producing its own slice of the global batch.
+
+Batches are dicts: ``{'image': [B, H, W, C] float (normalised NHWC), 'label': [B] int32}``,
+and evaluation batches add ``'mask': [B] bool`` (False on padding), sharded ``P('data')``.
+
+Order and randomness are functions of ``(seed, epoch)`` alone, so a resumed run sees
+the same batches as an uninterrupted one:
+
+* ``sampler='shuffle'``: a fresh permutation every epoch (PyTorch ``shuffle=True``).
+* ``sampler='balanced'``: the official ``BalancedSampler`` (ride-spec.md §1.4, RIDE's
+  router stage): each draw picks a class uniformly, then the next item of that class's
+  shuffled bucket, which is reshuffled when exhausted; the bucket positions carry over
+  between epochs as the official sampler's pointers do; the epoch length is the
+  dataset size (``retain_epoch_size=True``).
+* ``remainder='partial'`` (official ``drop_last=False``): the last batch of an epoch is
+  smaller (one more compiled shape). With several devices it is trimmed to a multiple
+  of the device count (fewer than ``num_devices`` images skipped per epoch).
+  ``remainder='drop'`` (ResLT's ``drop_last=True``) drops it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ride_jax.data.augment import (Augment, augment_gather, get_augment, normalize,
+                                   sample_params_host)
+from ride_jax.data.base import ArrayDataset
+
+DATA_AXIS = "data"
+SAMPLERS = ("shuffle", "balanced")
+REMAINDERS = ("partial", "drop")
+
+
+def data_mesh(devices: Any = None) -> Mesh:
+    """A 1-D mesh named ``'data'`` over ``devices`` (default: all devices)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def _seed_rng(*words: int) -> np.random.Generator:
+    return np.random.default_rng([int(w) for w in words])
+
+
+def shuffle_indices(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """``[N]`` int64 permutation for ``epoch`` (0-indexed), a function of (seed, epoch)."""
+    return _seed_rng(seed, 0, epoch).permutation(num_examples)
+
+
+def balanced_indices(labels: Any, num_classes: int, seed: int, epoch: int,
+                     epoch_size: int | None = None) -> np.ndarray:
+    """The official class-balanced sampler's draws for ``epoch`` (0-indexed).
+
+    Args:
+      labels: ``[N]`` training labels.
+      num_classes: C (a class without examples is an error: the official sampler
+        would crash on its empty bucket).
+      seed: the stream's seed.
+      epoch: which epoch's draws to return; the bucket positions carry over from the
+        draws of epochs ``0..epoch-1``, as the official sampler's pointers do.
+      epoch_size: draws per epoch (default N, the official ``retain_epoch_size=True``).
+
+    Returns:
+      ``[epoch_size]`` int64 indices into ``labels``.
+    """
+    labels = np.asarray(labels)
+    n = len(labels) if epoch_size is None else int(epoch_size)
+    buckets = [np.flatnonzero(labels == c) for c in range(num_classes)]
+    empty = [c for c, b in enumerate(buckets) if len(b) == 0]
+    if empty:
+        raise ValueError(f"the balanced sampler needs an example of every class; classes "
+                         f"{empty[:10]} have none")
+    # Classes drawn in every epoch up to this one: the pointers' positions.
+    before = np.zeros(num_classes, np.int64)
+    for e in range(epoch):
+        before += np.bincount(_seed_rng(seed, 1, e).integers(0, num_classes, n),
+                              minlength=num_classes)
+    classes = _seed_rng(seed, 1, epoch).integers(0, num_classes, n)
+    out = np.empty(n, np.int64)
+    for c in range(num_classes):
+        where = np.flatnonzero(classes == c)
+        if not len(where):
+            continue
+        size = len(buckets[c])
+        pos = before[c] + np.arange(len(where))          # positions in the class's stream
+        cycles = np.unique(pos // size)
+        perms = {k: _seed_rng(seed, 2, c, k).permutation(size) for k in cycles}
+        out[where] = [buckets[c][perms[p // size][p % size]] for p in pos]
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("aug", "dtype"))
+def _train_batch(images, labels, idx, params, mean, std, *, aug: Augment, dtype):
+    pixels = augment_gather(images, idx, params, aug)
+    return {"image": normalize(pixels, mean, std, dtype), "label": jnp.take(labels, idx)}
+
+
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _eval_batch(images, labels, idx, mask, mean, std, *, dtype):
+    return {"image": normalize(jnp.take(images, idx, axis=0), mean, std, dtype),
+            "label": jnp.take(labels, idx), "mask": mask}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DeviceLoader:
+    """Batches of an :class:`ArrayDataset` made on the devices.
+
+    Build with :func:`make_loader`. Iterate ``loader.epoch(e)`` for training and
+    ``loader.eval_batches()`` for evaluation.
+    """
+    dataset: ArrayDataset
+    batch_size: int
+    eval_batch_size: int
+    mesh: Mesh
+    augment: Augment
+    sampler: str
+    remainder: str
+    seed: int
+    dtype: Any
+    _arrays: dict = dataclasses.field(repr=False)
+
+    @property
+    def num_devices(self) -> int:
+        return self.mesh.size
+
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P(DATA_AXIS))
+
+    @property
+    def num_train(self) -> int:
+        return len(self.dataset.train)
+
+    def _batch_sizes(self) -> list[int]:
+        full, rest = divmod(self.num_train, self.batch_size)
+        sizes = [self.batch_size] * full
+        rest -= rest % self.num_devices
+        if self.remainder == "partial" and rest:
+            sizes.append(rest)
+        return sizes
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self._batch_sizes())
+
+    def epoch_indices(self, epoch: int) -> list[np.ndarray]:
+        """The training indices of every step of ``epoch`` (0-indexed), host side."""
+        if self.sampler == "balanced":
+            order = balanced_indices(self.dataset.train.labels, self.dataset.num_classes,
+                                     self.seed, epoch)
+        else:
+            order = shuffle_indices(self.num_train, self.seed, epoch)
+        out, start = [], 0
+        for size in self._batch_sizes():
+            out.append(order[start:start + size])
+            start += size
+        return out
+
+    def _put(self, local: np.ndarray) -> jax.Array:
+        # Single-process: local == global. Multi-process: every process computes the same
+        # global index array; it feeds its own contiguous slice.
+        n = len(local)
+        per = n // jax.process_count()
+        lo = jax.process_index() * per
+        return jax.make_array_from_process_local_data(self.batch_sharding, local[lo:lo + per],
+                                                      (n,) + local.shape[1:])
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, jax.Array]]:
+        """Training batches of ``epoch`` (0-indexed), augmented on the devices.
+
+        The augmentation parameters of step ``s`` are drawn on the host from
+        ``default_rng([seed, 3, epoch, s])`` (:func:`sample_params_host`: PIL-exact
+        rotations) and travel to the devices with the indices, sharded like them.
+        """
+        a = self._arrays
+        for step, idx in enumerate(self.epoch_indices(epoch)):
+            params = self._params(epoch, step, len(idx))
+            params.pop("angle")
+            yield _train_batch(a["train_images"], a["train_labels"],
+                               self._put(idx.astype(np.int32)),
+                               {k: self._put(v) for k, v in params.items()},
+                               a["mean"], a["std"], aug=self.augment, dtype=self.dtype)
+
+    def epoch_params(self, epoch: int, step: int) -> dict[str, np.ndarray]:
+        """The augmentation parameters of ``(epoch, step)``, as :meth:`epoch` draws them."""
+        return self._params(epoch, step, len(self.epoch_indices(epoch)[step]))
+
+    def _params(self, epoch: int, step: int, size: int) -> dict[str, np.ndarray]:
+        # Always drawn for a full batch, then cut: a trimmed last batch (several devices)
+        # gets the same parameters as the untrimmed one.
+        _, height, width, _ = self.dataset.train.images.shape
+        full = sample_params_host(_seed_rng(self.seed, 3, epoch, step), self.batch_size,
+                                  self.augment, height, width)
+        return {k: v[:size] for k, v in full.items()}
+
+    def eval_batches(self, split: str = "test") -> Iterator[dict[str, jax.Array]]:
+        """Every example of ``split`` exactly once, in order, in batches of
+        ``eval_batch_size`` (the last one padded; ``'mask'`` is False on padding)."""
+        if split not in ("test", "train"):
+            raise ValueError(f"split={split!r}; valid choices are ('test', 'train')")
+        a = self._arrays
+        images, labels = a[f"{split}_images"], a[f"{split}_labels"]
+        n, bs = images.shape[0], self.eval_batch_size
+        for start in range(0, n, bs):
+            idx = np.arange(start, start + bs)
+            mask = idx < n
+            idx = np.where(mask, idx, 0).astype(np.int32)
+            yield _eval_batch(images, labels, self._put(idx), self._put(mask), a["mean"],
+                              a["std"], dtype=self.dtype)
+
+    def num_eval_batches(self, split: str = "test") -> int:
+        n = len(getattr(self.dataset, split))
+        return -(-n // self.eval_batch_size)
+
+
+def make_loader(dataset: ArrayDataset, batch_size: int, *, eval_batch_size: int | None = None,
+                mesh: Mesh | None = None, augment: str | Augment = "ride",
+                sampler: str = "shuffle", remainder: str = "partial", seed: int = 0,
+                dtype: Any = jnp.float32) -> DeviceLoader:
+    """Put ``dataset`` on the devices of ``mesh`` and return its :class:`DeviceLoader`.
+
+    Args:
+      dataset: an in-memory dataset (a source, or ``load_cache``).
+      batch_size: global training batch (divisible by the number of devices).
+      eval_batch_size: global evaluation batch (default ``batch_size``).
+      mesh: a 1-D mesh with axis ``'data'`` (default: all devices).
+      augment: ``'ride'`` (crop 4, flip, rotation 15), ``'ldam'`` (no rotation), ``'none'``
+        or an :class:`Augment`.
+      sampler: ``'shuffle'`` or ``'balanced'``.
+      remainder: ``'partial'`` (official ``drop_last=False``) or ``'drop'``.
+      seed: order and augmentation seed.
+      dtype: dtype of the normalised images.
+    """
+    if not isinstance(dataset, ArrayDataset):
+        raise TypeError(f"make_loader needs an in-memory ArrayDataset, got "
+                        f"{type(dataset).__name__}; large datasets use ride_jax.data.streaming")
+    mesh = data_mesh() if mesh is None else mesh
+    if tuple(mesh.axis_names) != (DATA_AXIS,):
+        raise ValueError(f"the loader needs a 1-D mesh with axis {DATA_AXIS!r}, got axes "
+                         f"{mesh.axis_names}")
+    eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+    for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        if not isinstance(value, (int, np.integer)) or value < 1 or value % mesh.size:
+            raise ValueError(f"{name}={value!r} must be a positive multiple of the "
+                             f"{mesh.size} devices")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler={sampler!r}; valid choices are {SAMPLERS}")
+    if remainder not in REMAINDERS:
+        raise ValueError(f"remainder={remainder!r}; valid choices are {REMAINDERS}")
+    if len(dataset.train) < batch_size and remainder == "drop":
+        raise ValueError(f"batch_size={batch_size} exceeds the {len(dataset.train)} training "
+                         "images and remainder='drop' would leave no step")
+    repl = NamedSharding(mesh, P())
+    arrays = {
+        "train_images": jax.device_put(dataset.train.images, repl),
+        "train_labels": jax.device_put(dataset.train.labels, repl),
+        "test_images": jax.device_put(dataset.test.images, repl),
+        "test_labels": jax.device_put(dataset.test.labels, repl),
+        "mean": jax.device_put(np.asarray(dataset.mean, np.float32), repl),
+        "std": jax.device_put(np.asarray(dataset.std, np.float32), repl),
+    }
+    return DeviceLoader(dataset=dataset, batch_size=int(batch_size),
+                        eval_batch_size=int(eval_batch_size), mesh=mesh,
+                        augment=get_augment(augment), sampler=sampler, remainder=remainder,
+                        seed=int(seed), dtype=dtype, _arrays=arrays)
