@@ -33,8 +33,8 @@ from ride_jax.data import long_tail_counts
 from ride_jax.models import create_model
 
 
-def make_step(model, tx, vec, diversity_factor=-0.45):
-    """(params, batch_stats, opt_state, images, labels) -> same + loss."""
+def make_step(model, tx, vec, diversity_factor=-0.45, jit=True):
+    """(params, batch_stats, opt_state, images, labels) -> same + loss (jitted unless jit=False)."""
 
     def loss_fn(params, batch_stats, images, labels):
         out, new_state = model.apply({"params": params, "batch_stats": batch_stats}, images,
@@ -52,7 +52,7 @@ def make_step(model, tx, vec, diversity_factor=-0.45):
         params = optax.apply_updates(params, updates)
         return params, batch_stats, opt_state, loss
 
-    return jax.jit(step, donate_argnums=(0, 1, 2))
+    return jax.jit(step, donate_argnums=(0, 1, 2)) if jit else step
 
 
 def bench_one(num_experts: int, impl: str, batch: int, steps: int, repeats: int,

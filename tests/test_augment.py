@@ -7,7 +7,8 @@ import pytest
 
 from ride_jax.data.augment import (AUGMENTATIONS, Augment, augment_gather, augment_images,
                                    get_augment, normalize, pil_rotate_reference,
-                                   pil_rotation_fixed, sample_params, sample_params_host)
+                                   pil_rotation_fixed, pil_rotation_fixed_array,
+                                   sample_params, sample_params_host)
 from ride_jax.data.base import CIFAR_MEAN, CIFAR_STD
 
 RNG = np.random.default_rng(0)
@@ -142,3 +143,13 @@ def test_bad_recipes():
         Augment(padding=-1)
     with pytest.raises(ValueError, match="rotation"):
         Augment(rotation=400)
+
+
+def test_vectorised_pil_coefficients_equal_the_scalar_ones():
+    angles = np.concatenate([np.random.default_rng(2).uniform(-180, 180, 20000),
+                             [0.0, -0.0, 90.0, -90.0, 180.0, 15.0, -15.0, 1e-9]])
+    for w, h in [(32, 32), (28, 28), (20, 28)]:
+        vec = pil_rotation_fixed_array(angles, w, h)
+        ref = np.asarray([pil_rotation_fixed(a, w, h) for a in angles])
+        np.testing.assert_array_equal(vec, ref)
+    assert pil_rotation_fixed_array(np.zeros((3, 4)), 32, 32).shape == (3, 4, 6)

@@ -102,32 +102,46 @@ def pil_rotation_fixed(angle: float, width: int, height: int) -> tuple[int, ...]
             fix(m3), fix(m4), fix(m5 + m3 * 0.5 + m4 * 0.5))
 
 
-def _check_batch(batch: int) -> int:
-    if not isinstance(batch, (int, np.integer)) or batch < 0:
-        raise ValueError(f"batch must be an integer >= 0, got {batch!r}")
-    return int(batch)
-
-
-def sample_params_host(rng: np.random.Generator, batch: int, aug: Augment, height: int,
-                       width: int) -> dict[str, np.ndarray]:
-    """Random parameters of ``batch`` augmentations, drawn on the host (NumPy).
-
-    The rotation coefficients are PIL's own (:func:`pil_rotation_fixed`, float64), so
-    the augmented pixels equal torchvision's for the same crop offset, flip and angle.
-    This is what :class:`~ride_jax.data.loader.DeviceLoader` uses.
+def pil_rotation_fixed_array(angles: Any, width: int, height: int) -> np.ndarray:
+    """:func:`pil_rotation_fixed` for an array of angles, vectorised (NumPy float64).
 
     Returns:
-      ``{'offset': [B, 2] int32 (crop row and column offsets in 0..2*padding),
-      'flip': [B] bool, 'affine': [B, 6] int32 (fixed point), 'angle': [B] float32}``.
+      ``[*angles.shape, 6]`` int32. Equal to the scalar function (tests/test_augment.py
+      compares them on many angles).
     """
-    batch = _check_batch(batch)
-    offset = rng.integers(0, 2 * aug.padding + 1, size=(batch, 2)).astype(np.int32)
-    flip = (rng.random(batch) < 0.5) if aug.flip else np.zeros(batch, bool)
-    angle = (rng.uniform(-aug.rotation, aug.rotation, batch) if aug.rotation
-             else np.zeros(batch))
-    affine = np.asarray([pil_rotation_fixed(t, width, height) for t in angle],
-                        np.int32).reshape(batch, 6)
-    return {"offset": offset, "flip": flip, "affine": affine,
+    a = -np.radians(np.mod(np.asarray(angles, np.float64), 360.0))
+    m0, m1 = np.round(np.cos(a), 15), np.round(np.sin(a), 15)
+    m3, m4 = np.round(-np.sin(a), 15), np.round(np.cos(a), 15)
+    cx, cy = width / 2, height / 2
+    m2 = m0 * -cx + m1 * -cy + 0.0 + cx
+    m5 = m3 * -cx + m4 * -cy + 0.0 + cy
+    coeffs = (m0, m1, m2 + m0 * 0.5 + m1 * 0.5, m3, m4, m5 + m3 * 0.5 + m4 * 0.5)
+    return np.stack([np.floor(v * 65536.0 + 0.5) for v in coeffs], -1).astype(np.int32)
+
+
+def sample_params_host(rng: np.random.Generator, batch: int | tuple[int, ...], aug: Augment,
+                       height: int, width: int) -> dict[str, np.ndarray]:
+    """Random parameters of ``batch`` augmentations, drawn on the host (NumPy).
+
+    The rotation coefficients are PIL's own (:func:`pil_rotation_fixed_array`, float64),
+    so the augmented pixels equal torchvision's for the same crop offset, flip and
+    angle. This is what :class:`~ride_jax.data.loader.DeviceLoader` uses.
+
+    Args:
+      batch: B, or a shape such as ``(steps, B)``.
+
+    Returns:
+      ``{'offset': [*batch, 2] int32 (crop row and column offsets in 0..2*padding),
+      'flip': [*batch] bool, 'affine': [*batch, 6] int32 (fixed point),
+      'angle': [*batch] float32 degrees}``.
+    """
+    shape = (batch,) if np.ndim(batch) == 0 else tuple(batch)
+    offset = rng.integers(0, 2 * aug.padding + 1, size=shape + (2,)).astype(np.int32)
+    flip = (rng.random(shape) < 0.5) if aug.flip else np.zeros(shape, bool)
+    angle = (rng.uniform(-aug.rotation, aug.rotation, shape) if aug.rotation
+             else np.zeros(shape))
+    return {"offset": offset, "flip": flip,
+            "affine": pil_rotation_fixed_array(angle, width, height),
             "angle": angle.astype(np.float32)}
 
 
@@ -243,5 +257,6 @@ def pil_rotate_reference(image: np.ndarray, angle: float) -> np.ndarray:
 
 
 __all__ = ["AUGMENTATIONS", "Augment", "augment_gather", "augment_images", "get_augment",
-           "normalize", "pil_rotate_reference", "pil_rotation_fixed", "sample_params",
+           "normalize", "pil_rotate_reference", "pil_rotation_fixed",
+           "pil_rotation_fixed_array", "sample_params",
            "sample_params_host", "source_coordinates"]

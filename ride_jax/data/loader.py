@@ -100,14 +100,49 @@ def balanced_indices(labels: Any, num_classes: int, seed: int, epoch: int,
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("aug", "dtype"))
-def _train_batch(images, labels, idx, params, mean, std, *, aug: Augment, dtype):
-    pixels = augment_gather(images, idx, params, aug)
-    return {"image": normalize(pixels, mean, std, dtype), "label": jnp.take(labels, idx)}
+def train_batch(data: dict[str, jax.Array], idx: jax.Array, params: dict[str, jax.Array], *,
+                aug: Augment, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
+    """Gather + augment + normalise one training batch on the device (pure, jittable).
+
+    Args:
+      data: ``DeviceLoader.data``: ``train_images [N, H, W, C]`` uint8, ``train_labels [N]``,
+        ``mean [C]``, ``std [C]``.
+      idx: ``[B]`` int32 rows.
+      params: augmentation parameters (``offset [B, 2]``, ``flip [B]``, ``affine [B, 6]``).
+
+    Returns:
+      ``{'image': [B, H, W, C] dtype, 'label': [B] int32}``.
+    """
+    pixels = augment_gather(data["train_images"], idx, params, aug)
+    return {"image": normalize(pixels, data["mean"], data["std"], dtype),
+            "label": jnp.take(data["train_labels"], idx)}
+
+
+def plan_batch(data: dict[str, jax.Array], plan: dict[str, jax.Array], step: jax.Array, *,
+               aug: Augment, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
+    """Step ``step`` of an epoch plan (``DeviceLoader.epoch_plan``) as a batch (pure, jittable).
+
+    Call it inside your own jitted train step to fuse the input pipeline into it (one
+    dispatch per step): ``batch = plan_batch(data, plan, step, aug=loader.augment)``.
+
+    Args:
+      data: ``DeviceLoader.data``.
+      plan: ``{'idx': [S, B], 'offset': [S, B, 2], 'flip': [S, B], 'affine': [S, B, 6]}``.
+      step: scalar int32 in ``[0, S)``.
+    """
+    row = {k: jax.lax.dynamic_index_in_dim(v, step, 0, keepdims=False) for k, v in plan.items()}
+    idx = row.pop("idx")
+    return train_batch(data, idx, row, aug=aug, dtype=dtype)
+
+
+_train_batch = jax.jit(train_batch, static_argnames=("aug", "dtype"))
+_plan_batch = jax.jit(plan_batch, static_argnames=("aug", "dtype"))
 
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
-def _eval_batch(images, labels, idx, mask, mean, std, *, dtype):
+def _eval_batch(images, labels, plan, step, mean, std, *, dtype):
+    idx, mask = (jax.lax.dynamic_index_in_dim(plan[k], step, 0, keepdims=False)
+                 for k in ("idx", "mask"))
     return {"image": normalize(jnp.take(images, idx, axis=0), mean, std, dtype),
             "label": jnp.take(labels, idx), "mask": mask}
 
@@ -154,55 +189,102 @@ class DeviceLoader:
     def steps_per_epoch(self) -> int:
         return len(self._batch_sizes())
 
+    def _order(self, epoch: int) -> np.ndarray:
+        if self.sampler == "balanced":
+            return balanced_indices(self.dataset.train.labels, self.dataset.num_classes,
+                                    self.seed, epoch)
+        return shuffle_indices(self.num_train, self.seed, epoch)
+
     def epoch_indices(self, epoch: int) -> list[np.ndarray]:
         """The training indices of every step of ``epoch`` (0-indexed), host side."""
-        if self.sampler == "balanced":
-            order = balanced_indices(self.dataset.train.labels, self.dataset.num_classes,
-                                     self.seed, epoch)
-        else:
-            order = shuffle_indices(self.num_train, self.seed, epoch)
-        out, start = [], 0
+        order, out, start = self._order(epoch), [], 0
         for size in self._batch_sizes():
             out.append(order[start:start + size])
             start += size
         return out
 
-    def _put(self, local: np.ndarray) -> jax.Array:
+    def _epoch_params(self, epoch: int) -> dict[str, np.ndarray]:
+        # One draw of shape [steps, batch_size] per epoch; a trimmed last batch (several
+        # devices) uses the first rows of its step, so it matches the untrimmed one.
+        _, height, width, _ = self.dataset.train.images.shape
+        return sample_params_host(_seed_rng(self.seed, 3, epoch),
+                                  (max(1, self.steps_per_epoch), self.batch_size),
+                                  self.augment, height, width)
+
+    def epoch_params(self, epoch: int, step: int) -> dict[str, np.ndarray]:
+        """The augmentation parameters of ``(epoch, step)`` as :meth:`epoch` uses them."""
+        size = len(self.epoch_indices(epoch)[step])
+        return {k: v[step, :size] for k, v in self._epoch_params(epoch).items()}
+
+    def _put(self, local: np.ndarray, axis: int = 0) -> jax.Array:
         # Single-process: local == global. Multi-process: every process computes the same
-        # global index array; it feeds its own contiguous slice.
-        n = len(local)
+        # global array and feeds its own contiguous slice of the batch axis.
+        n = local.shape[axis]
         per = n // jax.process_count()
-        lo = jax.process_index() * per
-        return jax.make_array_from_process_local_data(self.batch_sharding, local[lo:lo + per],
-                                                      (n,) + local.shape[1:])
+        part = np.take(local, np.arange(per) + jax.process_index() * per, axis=axis)
+        spec = P(*([None] * axis + [DATA_AXIS]))
+        return jax.make_array_from_process_local_data(NamedSharding(self.mesh, spec), part,
+                                                      local.shape)
+
+    def _step_id(self, step: int) -> jax.Array:
+        # Device-resident step numbers, made once: a NumPy scalar argument would be a
+        # host-to-device copy every step, which can wait for the running train step.
+        ids = self._arrays["step_ids"]
+        if step >= len(ids):
+            ids.extend(jax.device_put(np.arange(len(ids), 2 * step + 2, dtype=np.int32),
+                                      NamedSharding(self.mesh, P())))
+        return ids[step]
 
     def epoch(self, epoch: int) -> Iterator[dict[str, jax.Array]]:
         """Training batches of ``epoch`` (0-indexed), augmented on the devices.
 
-        The augmentation parameters of step ``s`` are drawn on the host from
-        ``default_rng([seed, 3, epoch, s])`` (:func:`sample_params_host`: PIL-exact
-        rotations) and travel to the devices with the indices, sharded like them.
+        At the start of the epoch the indices and augmentation parameters of all its
+        full batches go to the devices at once (``[steps, B]``, sharded on B); each step
+        is then one dispatch of a jitted gather + augment + normalise. The parameters
+        are drawn on the host from ``default_rng([seed, 3, epoch])``
+        (:func:`sample_params_host`: PIL-exact rotations).
         """
-        a = self._arrays
-        for step, idx in enumerate(self.epoch_indices(epoch)):
-            params = self._params(epoch, step, len(idx))
-            params.pop("angle")
-            yield _train_batch(a["train_images"], a["train_labels"],
-                               self._put(idx.astype(np.int32)),
-                               {k: self._put(v) for k, v in params.items()},
-                               a["mean"], a["std"], aug=self.augment, dtype=self.dtype)
+        data = self.data
+        plan, full, last = self.epoch_plan(epoch)
+        for step in range(full):
+            yield _plan_batch(data, plan, self._step_id(step), aug=self.augment,
+                              dtype=self.dtype)
+        if last is not None:
+            idx, params = last
+            yield _train_batch(data, idx, params, aug=self.augment, dtype=self.dtype)
 
-    def epoch_params(self, epoch: int, step: int) -> dict[str, np.ndarray]:
-        """The augmentation parameters of ``(epoch, step)``, as :meth:`epoch` draws them."""
-        return self._params(epoch, step, len(self.epoch_indices(epoch)[step]))
+    def epoch_plan(self, epoch: int) -> tuple[dict[str, jax.Array], int, Any]:
+        """The device-side plan of ``epoch``: what :meth:`epoch` iterates over.
 
-    def _params(self, epoch: int, step: int, size: int) -> dict[str, np.ndarray]:
-        # Always drawn for a full batch, then cut: a trimmed last batch (several devices)
-        # gets the same parameters as the untrimmed one.
-        _, height, width, _ = self.dataset.train.images.shape
-        full = sample_params_host(_seed_rng(self.seed, 3, epoch, step), self.batch_size,
-                                  self.augment, height, width)
-        return {k: v[:size] for k, v in full.items()}
+        Returns:
+          ``(plan, full_steps, last)``: ``plan`` holds ``[full_steps, B, ...]`` arrays
+          (sharded on B) for :func:`plan_batch`; ``last`` is None or ``(idx, params)`` of
+          the smaller last batch for :func:`train_batch`.
+        """
+        sizes = self._batch_sizes()
+        order = self._order(epoch)
+        params = self._epoch_params(epoch)
+        params.pop("angle")
+        full = sum(1 for size in sizes if size == self.batch_size)
+        plan = {k: self._put(v[:full], axis=1) for k, v in params.items()}
+        plan["idx"] = self._put(
+            order[:full * self.batch_size].reshape(full, self.batch_size).astype(np.int32),
+            axis=1)
+        last = None
+        if len(sizes) > full:
+            size, start = sizes[-1], full * self.batch_size
+            last = (self._put(order[start:start + size].astype(np.int32)),
+                    {k: self._put(v[full, :size]) for k, v in params.items()})
+        return plan, full, last
+
+    @property
+    def data(self) -> dict[str, jax.Array]:
+        """The device-resident arrays (``train_images``, ``train_labels``, ``mean``, ``std``)."""
+        return {k: self._arrays[k] for k in ("train_images", "train_labels", "mean", "std")}
+
+    def step_id(self, step: int) -> jax.Array:
+        """A device-resident int32 scalar ``step`` (no host-to-device copy per call)."""
+        return self._step_id(step)
 
     def eval_batches(self, split: str = "test") -> Iterator[dict[str, jax.Array]]:
         """Every example of ``split`` exactly once, in order, in batches of
@@ -212,12 +294,14 @@ class DeviceLoader:
         a = self._arrays
         images, labels = a[f"{split}_images"], a[f"{split}_labels"]
         n, bs = images.shape[0], self.eval_batch_size
-        for start in range(0, n, bs):
-            idx = np.arange(start, start + bs)
-            mask = idx < n
-            idx = np.where(mask, idx, 0).astype(np.int32)
-            yield _eval_batch(images, labels, self._put(idx), self._put(mask), a["mean"],
-                              a["std"], dtype=self.dtype)
+        steps = -(-n // bs)
+        idx = np.arange(steps * bs).reshape(steps, bs)
+        mask = idx < n
+        plan = {"idx": self._put(np.where(mask, idx, 0).astype(np.int32), axis=1),
+                "mask": self._put(mask, axis=1)}
+        for step in range(steps):
+            yield _eval_batch(images, labels, plan, self._step_id(step), a["mean"], a["std"],
+                              dtype=self.dtype)
 
     def num_eval_batches(self, split: str = "test") -> int:
         n = len(getattr(self.dataset, split))
@@ -269,6 +353,7 @@ def make_loader(dataset: ArrayDataset, batch_size: int, *, eval_batch_size: int 
         "test_labels": jax.device_put(dataset.test.labels, repl),
         "mean": jax.device_put(np.asarray(dataset.mean, np.float32), repl),
         "std": jax.device_put(np.asarray(dataset.std, np.float32), repl),
+        "step_ids": [],
     }
     return DeviceLoader(dataset=dataset, batch_size=int(batch_size),
                         eval_batch_size=int(eval_batch_size), mesh=mesh,
