@@ -276,3 +276,155 @@ def test_sharded_batches_equal_single_device_batches(tmp_path):
     res = subprocess.run([sys.executable, "-c", _SHARDED, str(ROOT), str(tmp_path)],
                          capture_output=True, text=True, env=env, timeout=300)
     assert "SHARDED-OK" in res.stdout, res.stdout[-2000:] + res.stderr[-4000:]
+
+
+# --------------------------------------------------------------------------- balanced sampler
+
+BAL_COUNTS = (14, 8, 4, 3, 1)  # 5 classes, 30 examples, long-tailed
+BAL_N = sum(BAL_COUNTS)
+
+
+def _bal_labels():
+    # Interleaved so that the file order is not sorted by class.
+    labels = np.repeat(np.arange(len(BAL_COUNTS)), BAL_COUNTS)
+    return np.random.default_rng(3).permutation(labels)
+
+
+def _id_png(k):
+    """8x8 PNG whose every pixel is (k, 255 - k, 0): the id survives the transform."""
+    img = np.zeros((8, 8, 3), np.uint8)
+    img[..., 0], img[..., 1] = k, 255 - k
+    return tf.io.encode_png(img).numpy()
+
+
+def _bal_dataset(source, labels):
+    c = len(BAL_COUNTS)
+    return st.StreamingDataset(
+        name="toy_lt", num_classes=c, class_names=tuple(map(str, range(c))),
+        train_counts=np.bincount(labels, minlength=c), num_test=len(labels),
+        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), info={}, train_source=source,
+        test_source=source, color_jitter=False)
+
+
+@pytest.fixture(scope="module")
+def bal_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bal")
+    labels = _bal_labels()
+    paths = []
+    for k in range(BAL_N):
+        p = f"c{labels[k]}/{k:03d}.png"
+        (root / p).parent.mkdir(parents=True, exist_ok=True)
+        (root / p).write_bytes(_id_png(k))
+        paths.append(p)
+    return _bal_dataset(st.FileListSplit(str(root), tuple(paths), labels), labels)
+
+
+def _ids(ds, batches, **kw):
+    """Example ids (red channel) and labels of the first ``batches`` train batches."""
+    it = ds.as_numpy_iterator() if isinstance(ds, tf.data.Dataset) else ds
+    ids, labels = [], []
+    for _ in range(batches):
+        b = next(it)
+        ids.append(b["image"][:, 100, 100, 0].astype(np.int64))
+        labels.append(b["label"])
+    return np.concatenate(ids), np.concatenate(labels)
+
+
+def test_balanced_file_list_is_the_official_sequence(bal_files):
+    labels = bal_files.train_labels
+    ids, got = _ids(bal_files.train_tf(10, 4, sampler="balanced"), 6)  # 2 epochs of 30
+    for e in range(2):
+        np.testing.assert_array_equal(ids[30 * e:30 * (e + 1)],
+                                      st.balanced_indices(labels, 5, 4, e))
+    np.testing.assert_array_equal(got, labels[ids])
+    # Roughly uniform classes (12 expected of each), the tail class far above 1/30.
+    per_class = np.bincount(got, minlength=5)
+    assert per_class.min() >= 5 and per_class.max() <= 20, per_class
+    # Deterministic given the seed; another seed draws otherwise.
+    np.testing.assert_array_equal(_ids(bal_files.train_tf(10, 4, sampler="balanced"), 6)[0],
+                                  ids)
+    assert not np.array_equal(_ids(bal_files.train_tf(10, 5, sampler="balanced"), 3)[0],
+                              ids[:30])
+    # Processes share the draws: process p gets draws p, p + 2, ...
+    for p in range(2):
+        pids, _ = _ids(bal_files.train_tf(10, 4, sampler="balanced", process_index=p,
+                                          process_count=2), 3)  # 15 = one epoch's share
+        np.testing.assert_array_equal(pids, st.balanced_indices(labels, 5, 4, 0)[p::2])
+
+
+def test_sampler_errors(bal_files):
+    with pytest.raises(ValueError, match=r"unknown sampler 'nope'.*'shuffle', 'balanced'"):
+        bal_files.train_tf(10, sampler="nope")
+    with pytest.raises(ValueError, match="unknown sampler 'Balanced'"):
+        bal_files.train_iterator(10, sampler="Balanced")  # raised by the call itself
+    labels = np.array([0, 0, 1])
+    src = st.FileListSplit("/nonexistent", ("a", "b", "c"), labels)
+    ds = st.StreamingDataset(
+        name="x", num_classes=3, class_names=("a", "b", "c"), train_counts=[2, 1, 0],
+        num_test=3, mean=(0.5,) * 3, std=(0.5,) * 3, info={}, train_source=src,
+        test_source=src)
+    with pytest.raises(ValueError, match=r"classes \[2\] have none"):
+        ds.train_tf(2, sampler="balanced")
+
+
+class _FakeBuilder:
+    """A tfds builder's ``as_dataset`` (all :class:`TfdsSplit` uses) over in-memory columns.
+
+    Decoders are ignored: images stay encoded, as ``SkipDecoding`` leaves them.
+    """
+
+    def __init__(self, ids, labels, pixels):
+        self.cols = {"image": np.array([_id_png(k) for k in pixels], object),
+                     "label": np.asarray(labels, np.int64), "id": np.array(ids)}
+
+    def as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False):
+        assert split == "train" and not shuffle_files  # sequential, file order
+        return tf.data.Dataset.from_tensor_slices(self.cols)
+
+
+@pytest.mark.parametrize("with_keys", [False, True])
+def test_balanced_tfds_epochs_are_the_exact_multisets(with_keys):
+    pytest.importorskip("tensorflow_datasets")
+    labels = _bal_labels()
+    ids = [f"x{k:03d}" for k in range(BAL_N)]
+    if with_keys:
+        # The list names the examples in another order, with its own labels; the split
+        # also has examples the list leaves out, before and among the listed ones
+        # (label 99, pixel 200+: must never show). Positions count listed examples only.
+        order = np.random.default_rng(5).permutation(BAL_N)
+        keys = tuple(ids[k] for k in order)
+        pixels = list(range(BAL_N))
+        tf_labels = np.full(BAL_N, 99)
+        for at, k in [(0, 0), (0, 1), (17, 2)]:
+            ids.insert(at, f"extra{k}")
+            pixels.insert(at, 200 + k)
+            tf_labels = np.insert(tf_labels, at, 99)
+        split = st.TfdsSplit(builder=_FakeBuilder(ids, tf_labels, pixels), split="train",
+                             num_examples=BAL_N, key_feature="id", keys=keys,
+                             labels=labels[order])
+    else:
+        split = st.TfdsSplit(builder=_FakeBuilder(ids, labels, range(BAL_N)), split="train",
+                             num_examples=BAL_N)
+    ds = _bal_dataset(split, labels)
+    np.testing.assert_array_equal(ds.train_labels, labels)
+    ids_seen, got = _ids(ds.train_tf(10, 7, sampler="balanced", shuffle_buffer=8), 6)
+    for e in range(2):
+        draws = st.balanced_indices(labels, 5, 7, e)
+        np.testing.assert_array_equal(np.sort(ids_seen[30 * e:30 * (e + 1)]),
+                                      np.sort(draws))
+    assert not np.array_equal(ids_seen[:30], np.sort(ids_seen[:30]))  # shuffled
+    np.testing.assert_array_equal(got, labels[ids_seen])
+    per_class = np.bincount(got, minlength=5)
+    assert per_class.min() >= 5 and per_class.max() <= 20, per_class
+    again = _ids(ds.train_tf(10, 7, sampler="balanced", shuffle_buffer=8), 6)[0]
+    np.testing.assert_array_equal(again, ids_seen)
+    # Without a buffer: file order, example i repeated k_i times; two processes
+    # split that stream element by element.
+    draws = st.balanced_indices(labels, 5, 7, 0)
+    expanded = np.repeat(np.arange(BAL_N), np.bincount(draws, minlength=BAL_N))
+    np.testing.assert_array_equal(
+        _ids(ds.train_tf(10, 7, sampler="balanced", shuffle_buffer=1), 3)[0], expanded)
+    for p in range(2):
+        pids, _ = _ids(ds.train_tf(10, 7, sampler="balanced", shuffle_buffer=1,
+                                   process_index=p, process_count=2), 3)
+        np.testing.assert_array_equal(pids, expanded[p::2])

@@ -235,8 +235,11 @@ class DeviceLoader:
                                       NamedSharding(self.mesh, P())))
         return ids[step]
 
-    def epoch(self, epoch: int) -> Iterator[dict[str, jax.Array]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, jax.Array]]:
         """Training batches of ``epoch`` (0-indexed), augmented on the devices.
+
+        ``start`` skips the first steps (resuming mid-epoch): the batches that follow
+        are the ones an uninterrupted run sees.
 
         At the start of the epoch the indices and augmentation parameters of all its
         full batches go to the devices at once (``[steps, B]``, sharded on B); each step
@@ -246,10 +249,10 @@ class DeviceLoader:
         """
         data = self.data
         plan, full, last = self.epoch_plan(epoch)
-        for step in range(full):
+        for step in range(start, full):
             yield _plan_batch(data, plan, self._step_id(step), aug=self.augment,
                               dtype=self.dtype)
-        if last is not None:
+        if last is not None and start <= full:
             idx, params = last
             yield _train_batch(data, idx, params, aug=self.augment, dtype=self.dtype)
 

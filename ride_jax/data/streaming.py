@@ -7,8 +7,22 @@ file keys, or a list of image files under a folder), the per-class training coun
 ``jax.Array`` batches sharded ``NamedSharding(mesh, P('data'))``:
 
 * train: ``{'image': float32 [B, 224, 224, 3] normalised NHWC, 'label': int32 [B]}``,
-  an endless stream (``drop_remainder``), reshuffled every epoch, deterministic given
-  the seed;
+  an endless stream (``drop_remainder``), deterministic given the seed, drawn by one
+  of two samplers (as the in-memory loader, :mod:`ride_jax.data.loader`):
+
+  - ``'shuffle'``: every example once per epoch, reshuffled every epoch (file order
+    shuffled, then a shuffle buffer);
+  - ``'balanced'``: the official class-balanced sampler (ride-spec.md §1.4, RIDE's
+    router stage). Epoch e (0-indexed) is made of exactly the draws
+    ``balanced_indices(labels, C, seed, e)`` (examples named by their position in the
+    split's file order), the epoch length is the number of training examples, and
+    epochs follow each other endlessly. A :class:`FileListSplit` yields the draws in
+    the drawn order (the official sequence, per process: draws p, p + P, ...). A
+    :class:`TfdsSplit` cannot seek, so it reads the split in file order and emits
+    example i ``k_i`` times (``k_i``: its draws in the epoch), then shuffles within
+    the epoch with a buffer: the per-epoch multiset is exact, the order only
+    approximately random (repeats of one example can sit close together), unlike the
+    official exact order;
 * eval: the same plus ``'mask': bool [B]``; every example exactly once, the last batch
   padded with ``mask=False`` rows.
 
@@ -33,6 +47,7 @@ names (``ride_jax.data`` itself does not import it). GPUs are hidden from TF.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -42,7 +57,7 @@ import tensorflow as tf
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ride_jax.data.augment import normalize
-from ride_jax.data.loader import DATA_AXIS, data_mesh
+from ride_jax.data.loader import DATA_AXIS, SAMPLERS, balanced_indices, data_mesh
 
 tf.config.set_visible_devices([], "GPU")
 
@@ -290,6 +305,61 @@ class TfdsSplit:
             ds = ds.shard(process_count, process_index)
         return ds
 
+    def read_balanced(self, epoch_draws: Callable[[int], np.ndarray], num_examples: int, *,
+                      seed: int, process_index: int, process_count: int,
+                      shuffle_buffer: int, labels: np.ndarray | None = None
+                      ) -> tf.data.Dataset:
+        """Endless class-balanced ``{'image': tf.string encoded, 'label': int32}`` stream.
+
+        Epoch e emits every example i of the split, read in file order (as
+        :meth:`scan_labels` reads it), ``k_i`` times, ``k_i`` = the occurrences of i in
+        ``epoch_draws(e)``; the repeated stream is split between processes (element
+        j to process ``j % process_count``) and shuffled within the epoch with a
+        ``shuffle_buffer`` seeded by (seed, e). The multiset of an epoch (over all
+        processes) is exactly the draws'; the order is the buffer's, not the draws'.
+        Every process reads the whole split (only its share is decoded downstream).
+
+        Args:
+          epoch_draws: epoch -> ``[num_examples]`` int indices into the file order.
+          num_examples: examples of the (filtered) split.
+          labels: ``[num_examples]`` file-order labels; when given, each example's
+            label is checked against them (a mismatch: the file order changed).
+        """
+        base = self.read(shuffle_files=False, seed=None, process_index=0, process_count=1,
+                         train=False).enumerate()
+        if labels is not None:
+            table = tf.constant(np.asarray(labels), tf.int32)
+
+            def check(i, ex):
+                ok = tf.debugging.assert_equal(
+                    tf.gather(table, i), ex["label"],
+                    message="the split's labels differ from the ones the balanced sampler "
+                            "drew from (file order changed?)")
+                with tf.control_dependencies([ok]):
+                    return i, dict(ex, label=tf.identity(ex["label"]))
+
+            base = base.map(check)
+
+        def plan(e):
+            e = int(e)
+            counts = np.bincount(np.asarray(epoch_draws(e)), minlength=num_examples)
+            if len(counts) != num_examples:
+                raise ValueError(f"draws outside the {num_examples} examples")
+            shuffle_seed = np.random.default_rng([int(seed), 3, e]).integers(2 ** 62)
+            return counts.astype(np.int64), np.int64(shuffle_seed)
+
+        def epoch(counts, shuffle_seed):
+            ds = base.filter(lambda i, ex: tf.gather(counts, i) > 0)
+            ds = ds.flat_map(lambda i, ex: tf.data.Dataset.from_tensors(ex).repeat(
+                tf.gather(counts, i)))
+            if process_count > 1:
+                ds = ds.shard(process_count, process_index)
+            if shuffle_buffer > 1:  # encoded bytes: decoding comes after
+                ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed)
+            return ds
+
+        return _epoch_plans(plan, [tf.int64, tf.int64], [[num_examples], []]).flat_map(epoch)
+
     def scan_labels(self) -> np.ndarray:
         """``[N]`` int64 labels of the (filtered) split, reading no image."""
         import tensorflow_datasets as tfds
@@ -335,6 +405,50 @@ class FileListSplit:
             ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
         return ds.map(lambda ex: dict(ex, image=tf.io.read_file(ex["image"])),
                       num_parallel_calls=AUTOTUNE)
+
+    def read_balanced(self, epoch_draws: Callable[[int], np.ndarray], num_examples: int, *,
+                      seed: int, process_index: int, process_count: int,
+                      shuffle_buffer: int, labels: np.ndarray | None = None
+                      ) -> tf.data.Dataset:
+        """Endless class-balanced ``{'image': tf.string encoded, 'label': int32}`` stream.
+
+        Epoch e reads the files of ``epoch_draws(e)`` in the drawn order (the official
+        sequence); process p gets draws p, p + P, ... No shuffle buffer
+        (``shuffle_buffer`` and ``seed`` are unused: the draws are already random).
+        """
+        del seed, shuffle_buffer, labels
+        files = tf.constant([self.root.rstrip("/") + "/" + p for p in self.paths])
+        label_table = tf.constant(np.asarray(self.labels), tf.int32)
+
+        def plan(e):
+            draws = np.asarray(epoch_draws(int(e)), np.int64)
+            if len(draws) != num_examples:
+                raise ValueError(f"{len(draws)} draws for an epoch of {num_examples}")
+            return draws
+
+        def epoch(draws):
+            ds = tf.data.Dataset.from_tensor_slices(draws)
+            if process_count > 1:
+                ds = ds.shard(process_count, process_index)
+            return ds
+
+        def load(i):
+            return {"image": tf.io.read_file(tf.gather(files, i)),
+                    "label": tf.gather(label_table, i)}
+
+        ds = _epoch_plans(plan, [tf.int64], [[num_examples]]).flat_map(epoch)
+        return ds.map(load, num_parallel_calls=AUTOTUNE)
+
+
+def _epoch_plans(plan: Callable[[int], Any], dtypes: Sequence[tf.DType],
+                 shapes: Sequence[Sequence[int]]) -> tf.data.Dataset:
+    """Endless ``plan(0), plan(1), ...`` (NumPy, computed one epoch ahead)."""
+    def call(e):
+        out = tf.numpy_function(plan, [e], list(dtypes), stateful=True)  # one at a time
+        out = [tf.ensure_shape(o, shape) for o, shape in zip(out, shapes)]
+        return tuple(out) if len(out) > 1 else out[0]
+
+    return tf.data.Dataset.range(2 ** 62).map(call).prefetch(1)
 
 
 # --------------------------------------------------------------------------- dataset
@@ -426,23 +540,66 @@ class StreamingDataset:
 
     # ---- tf.data (uint8, per process)
 
+    @functools.cached_property
+    def train_labels(self) -> np.ndarray:
+        """``[N]`` int64 training labels in the train split's file order (read once).
+
+        A :class:`FileListSplit` has them; a :class:`TfdsSplit` is scanned
+        (:meth:`TfdsSplit.scan_labels`, labels only). Checked against ``train_counts``.
+        """
+        src = self.train_source
+        labels = src.scan_labels() if hasattr(src, "scan_labels") else src.labels
+        labels = np.asarray(labels, np.int64)
+        if (len(labels) != self.num_train or labels.min(initial=0) < 0
+                or labels.max(initial=0) >= self.num_classes
+                or not np.array_equal(np.bincount(labels, minlength=self.num_classes),
+                                      self.train_counts)):
+            raise ValueError(f"{self.name}: the {len(labels)} training labels read do not "
+                             f"match train_counts ({self.num_train} examples)")
+        return labels
+
     def train_tf(self, global_batch: int, seed: int = 0, *, process_index: int | None = None,
-                 process_count: int | None = None, shuffle_buffer: int = 10_000
-                 ) -> tf.data.Dataset:
+                 process_count: int | None = None, shuffle_buffer: int = 10_000,
+                 sampler: str = "shuffle") -> tf.data.Dataset:
         """Endless per-process train batches ``{'image': uint8 [b, S, S, 3], 'label': int32 [b]}``.
 
         b = global_batch / process_count. Deterministic given ``seed``: file order,
-        shuffle and every random transform use seeds derived from it (the transform of
-        the k-th example of this process uses ``fold_in((seed, process), k)``).
+        shuffle, the balanced draws and every random transform use seeds derived from
+        it (the transform of the k-th example of this process uses
+        ``fold_in((seed, process), k)``).
+
+        Args:
+          sampler: ``'shuffle'`` (every example once per epoch) or ``'balanced'``: the
+            official class-balanced sampler, epoch e = the draws
+            ``balanced_indices(self.train_labels, C, seed, e)`` (module docstring:
+            exact order for a :class:`FileListSplit`, exact per-epoch multiset and a
+            ``shuffle_buffer`` order for a :class:`TfdsSplit`).
         """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
         pi = jax.process_index() if process_index is None else process_index
         pc = jax.process_count() if process_count is None else process_count
         local = _local_batch(global_batch, pc)
-        ds = self.train_source.read(shuffle_files=True, seed=seed, process_index=pi,
-                                    process_count=pc, train=True)
-        if shuffle_buffer > 1:
-            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        ds = ds.repeat().enumerate()
+        if sampler == "shuffle":
+            ds = self.train_source.read(shuffle_files=True, seed=seed, process_index=pi,
+                                        process_count=pc, train=True)
+            if shuffle_buffer > 1:
+                ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+            ds = ds.repeat()
+        else:
+            empty = np.flatnonzero(self.train_counts == 0)
+            if empty.size:
+                raise ValueError(f"the balanced sampler needs an example of every class; "
+                                 f"classes {empty[:10].tolist()} have none")
+            labels, num_classes = self.train_labels, self.num_classes
+
+            def draws(epoch: int) -> np.ndarray:
+                return balanced_indices(labels, num_classes, seed, epoch)
+
+            ds = self.train_source.read_balanced(
+                draws, len(labels), seed=seed, process_index=pi, process_count=pc,
+                shuffle_buffer=shuffle_buffer, labels=labels)
+        ds = ds.enumerate()
         base = tf.constant([seed, pi], tf.int64)
         size, jitter = self.image_size, self.color_jitter
 
@@ -486,10 +643,13 @@ class StreamingDataset:
     # ---- global jax batches
 
     def train_iterator(self, global_batch: int, seed: int = 0, *,
-                       mesh: jax.sharding.Mesh | None = None, shuffle_buffer: int = 10_000
-                       ) -> Iterator[dict[str, jax.Array]]:
-        """Endless global train batches ``{'image': f32 [B, S, S, 3], 'label': i32 [B]}``."""
-        ds = self.train_tf(global_batch, seed, shuffle_buffer=shuffle_buffer)
+                       mesh: jax.sharding.Mesh | None = None, shuffle_buffer: int = 10_000,
+                       sampler: str = "shuffle") -> Iterator[dict[str, jax.Array]]:
+        """Endless global train batches ``{'image': f32 [B, S, S, 3], 'label': i32 [B]}``.
+
+        ``sampler``: ``'shuffle'`` or ``'balanced'`` (:meth:`train_tf`).
+        """
+        ds = self.train_tf(global_batch, seed, shuffle_buffer=shuffle_buffer, sampler=sampler)
         return _global_batches(ds, mesh or data_mesh(), self.mean, self.std)
 
     def eval_iterator(self, global_batch: int, *, mesh: jax.sharding.Mesh | None = None
