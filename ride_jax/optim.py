@@ -1,0 +1,68 @@
+"""The official RIDE optimiser: coupled weight decay + (nesterov) SGD, per-epoch LR.
+
+``CustomLR`` (ride-spec.md §6.1) is a LambdaLR stepped once per epoch: at 1-indexed
+epoch ``e`` with ``e0 = e - 1``, the factor is ``gamma**2`` if ``e0 >= step2``, ``gamma``
+if ``e0 >= step1``, else 1, times ``(e0 + 1) / warmup`` while ``e0 < warmup``; the LR is
+constant within an epoch (no per-iteration warmup). Here it is a pure function of the
+optimiser step: ``e0 = step // steps_per_epoch``.
+
+PyTorch SGD with ``weight_decay`` is coupled L2 (``g + wd * theta`` before momentum),
+i.e. ``optax.add_decayed_weights(wd)`` BEFORE ``optax.sgd`` (§6.2); every parameter is
+decayed (BN scale/bias too), as in the official code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def lr_factor(epoch0: Any, *, warmup_epochs: int, step1: int, step2: int, gamma: float,
+              xp: Any = jnp):
+    """CustomLR factor at 0-indexed epoch ``epoch0`` (``xp``: ``jnp`` in jit, ``np`` on host)."""
+    e0 = xp.asarray(epoch0)
+    factor = xp.where(e0 >= step2, gamma ** 2, xp.where(e0 >= step1, gamma, 1.0))
+    if warmup_epochs > 0:
+        factor = factor * xp.where(e0 < warmup_epochs, (e0 + 1) / warmup_epochs, 1.0)
+    return factor
+
+
+def epoch_lr(base_lr: float, epoch: int, *, warmup_epochs: int, step1: int, step2: int,
+             gamma: float) -> float:
+    """LR of 1-indexed ``epoch`` (host side, for logs and tables)."""
+    return float(base_lr * lr_factor(epoch - 1, warmup_epochs=warmup_epochs, step1=step1,
+                                     step2=step2, gamma=gamma, xp=np))
+
+
+def custom_lr_schedule(base_lr: float, steps_per_epoch: int, *, warmup_epochs: int = 5,
+                       step1: int = 160, step2: int = 180, gamma: float = 0.01
+                       ) -> Callable[[Any], Any]:
+    """optax schedule: optimiser step -> LR of the epoch it belongs to."""
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+
+    def schedule(step):
+        e0 = jnp.asarray(step) // steps_per_epoch
+        return base_lr * lr_factor(e0, warmup_epochs=warmup_epochs, step1=step1,
+                                   step2=step2, gamma=gamma)
+    return schedule
+
+
+def cosine_epoch_schedule(base_lr: float, steps_per_epoch: int, epochs: int
+                          ) -> Callable[[Any], Any]:
+    """CosineAnnealingLR(T_max=epochs) stepped per epoch (RIDE-EA router stage, §6.2)."""
+    def schedule(step):
+        e0 = jnp.asarray(step) // steps_per_epoch
+        return base_lr * 0.5 * (1 + jnp.cos(jnp.pi * e0 / epochs))
+    return schedule
+
+
+def make_optimizer(schedule: Callable[[Any], Any], *, weight_decay: float,
+                   momentum: float = 0.9, nesterov: bool = True
+                   ) -> optax.GradientTransformation:
+    """``chain(add_decayed_weights(wd), sgd(schedule, momentum, nesterov))``: torch SGD."""
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.sgd(schedule, momentum=momentum, nesterov=nesterov))
