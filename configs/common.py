@@ -1,0 +1,104 @@
+"""Every config key with its default (the official CIFAR-100-LT RIDE-3 recipe).
+
+Recipe files start from :func:`get_base_config` and change what differs; a key that
+is not here cannot be set (``--config.typo=1`` is an error listing the valid keys).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+LOSSES = ("ride", "ldam_drw", "ce", "focal")
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0                       # data order, augmentation and initialisation
+
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.name = "cifar100_lt"   # a name from ride_jax.data.DATASETS
+    c.dataset.args = ml_collections.ConfigDict({"ratio": 100.0})   # builder arguments
+    c.dataset.cache = ""             # a prepared .npz (ride_jax.data.prepare) instead
+
+    c.data = ml_collections.ConfigDict()
+    c.data.batch_size = 128          # global batch
+    c.data.eval_batch_size = 128     # official test.py batch
+    c.data.augment = "ride"          # ride (crop, flip, rotation 15) | ldam | none
+    c.data.sampler = "shuffle"       # shuffle | balanced
+    c.data.remainder = "partial"     # partial (official drop_last=False) | drop
+
+    c.model = ml_collections.ConfigDict()
+    c.model.arch = "resnet32"
+    c.model.num_experts = 3
+    c.model.reduce_dimension = True
+    c.model.use_norm = True          # NormedLinear (cosine) classifier
+    c.model.scale = 30.0
+    c.model.expert_impl = "loop"
+    c.model.dtype = "float32"        # float32 | bfloat16 (computation dtype)
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = "ride"             # ride | ldam_drw | ce | focal
+    c.loss.reweight_epoch = 160      # DRW and class temperatures from epoch + 1
+    c.loss.max_margin = 0.5          # LDAM max_m
+    c.loss.drw_beta = 0.9999
+    c.loss.diversity_factor = -0.45  # RIDE lambda
+    c.loss.reweight_factor = 0.05    # RIDE gamma of the class temperatures
+    c.loss.base_temperature = 1.0    # RIDE alpha
+    c.loss.base_loss_factor = 1.0
+    c.loss.temperature_formula = "official"   # official | paper
+    c.loss.focal_gamma = 1.0
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 0.1
+    c.optim.weight_decay = 5e-4
+    c.optim.momentum = 0.9
+    c.optim.nesterov = True
+    c.optim.warmup_epochs = 5
+    c.optim.step1 = 160
+    c.optim.step2 = 180
+    c.optim.gamma = 0.01
+
+    c.epochs = 200
+    c.max_steps = 0                  # > 0: stop after this many steps (smoke runs)
+    c.eval_every_epochs = 1          # official: every epoch
+    c.checkpoint_every_epochs = 5
+    c.keep_checkpoints = 3
+    c.log_every_steps = 20
+    c.resume_with_different_config = False
+    c.distributed = False            # call jax.distributed.initialize() (multi-host)
+    return c
+
+
+def apply_loss_preset(c: ml_collections.ConfigDict, loss: str) -> None:
+    """The official model/optimiser settings that go with each loss (ride-spec.md §6.2-6.3)."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss={loss!r} is not valid; valid choices are {list(LOSSES)}")
+    c.loss.name = loss
+    if loss == "ride":
+        return
+    # LDAM-DRW's recipe: one expert, no dimension reduction, no nesterov, wd 2e-4; the
+    # cosine classifier only for LDAM; no rotation in its augmentation.
+    c.model.num_experts = 1
+    c.model.reduce_dimension = False
+    c.model.use_norm = loss == "ldam_drw"
+    c.optim.weight_decay = 2e-4
+    c.optim.nesterov = False
+    c.data.augment = "ldam"
+
+
+def apply_smoke(c: ml_collections.ConfigDict) -> None:
+    """Shrink a recipe to a run of about a minute on a 2-core CPU (install check).
+
+    Two epochs, the loss switch and an LR step inside them, an evaluation and a
+    checkpoint after each epoch. The recipe file shrinks its dataset itself.
+    """
+    c.epochs = 2
+    c.loss.reweight_epoch = 1
+    c.optim.warmup_epochs = 1
+    c.optim.step1 = 1
+    c.optim.step2 = 2
+    c.data.batch_size = 64
+    c.data.eval_batch_size = 256
+    c.eval_every_epochs = 1
+    c.checkpoint_every_epochs = 1
+    c.log_every_steps = 5

@@ -1,0 +1,33 @@
+"""Synthetic long-tailed data (no download): for tests, benchmarks and trying the loop.
+
+    python -m ride_jax.main --config=configs/synthetic_lt.py:smoke --workdir=runs/synthetic
+    python -m ride_jax.main --config=configs/synthetic_lt.py:experts=2,loss=ldam_drw --workdir=...
+
+Arguments: experts 1..6, loss ride|ldam_drw|ce|focal, smoke (16x16 images, 2 epochs of
+a few steps: seconds after compilation).
+"""
+
+from ride_jax.configlib import check_choice, parse_arg
+
+from configs import common
+
+
+def get_config(arg=None):
+    a = parse_arg(arg, experts=3, loss="ride", smoke=False)
+    check_choice("experts", a.experts, range(1, 7))
+    c = common.get_base_config()
+    c.dataset.name = "synthetic_lt"
+    c.dataset.args = {"num_classes": 10, "img_max": 500, "ratio": 100.0, "image_size": 32,
+                      "test_per_class": 100, "seed": 0}
+    common.apply_loss_preset(c, a.loss)
+    if a.loss == "ride":
+        c.model.num_experts = a.experts
+    if a.smoke:
+        common.apply_smoke(c)
+        c.dataset.args.update({"img_max": 40, "ratio": 10.0, "image_size": 16,
+                               "test_per_class": 8})
+        c.data.batch_size = 32
+        c.data.eval_batch_size = 64
+        c.log_every_steps = 2
+    c.lock()
+    return c

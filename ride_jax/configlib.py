@@ -1,0 +1,73 @@
+"""Config helpers: ``parse_arg`` for ``configs/X.py:arg`` strings, ``load`` for notebooks.
+
+A config file defines ``get_config(arg: str | None) -> ml_collections.ConfigDict``; the
+argument string is ``key=value`` pairs and bare flags separated by commas
+(``'ratio=50,experts=4,smoke'``).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+from typing import Any
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """``'ratio=50,smoke'`` -> ConfigDict(ratio=50, smoke=True, <other defaults>).
+
+    Every key must be one of ``defaults`` (an unknown one is an error listing them); a
+    value is converted to the type of its default (bools accept true/false/1/0).
+    """
+    out = dict(defaults)
+    for item in (arg or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"unknown config argument {key!r}; valid arguments are "
+                             f"{sorted(defaults)}")
+        default = defaults[key]
+        if not eq:
+            if not isinstance(default, bool):
+                raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
+            out[key] = True
+            continue
+        value = value.strip()
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"config argument {key}={value!r} must be true or false")
+            out[key] = value.lower() in ("true", "1")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            try:
+                out[key] = type(default)(ast.literal_eval(value))
+            except (ValueError, SyntaxError):
+                raise ValueError(f"config argument {key}={value!r} must be a number") from None
+        else:
+            out[key] = value
+    return ml_collections.ConfigDict(out)
+
+
+def check_choice(name: str, value: Any, choices: Any) -> Any:
+    """``value`` if it is one of ``choices``, else a ValueError naming both."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not valid; valid choices are {list(choices)}")
+    return value
+
+
+def load(path: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:
+    """Load ``get_config(arg)`` from a config file (what ``--config=path:arg`` does)."""
+    path = os.fspath(path)
+    if ":" in os.path.basename(path) and arg is None:
+        path, arg = path.rsplit(":", 1)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist")
+    spec = importlib.util.spec_from_file_location(
+        "ride_jax_config_" + os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)

@@ -1,0 +1,310 @@
+"""The recipe files in configs/: every argument loads, the values are the official ones.
+
+Official values: /work/shared/reference/ride-spec.md §6.2 (optimiser and schedule), §3
+(RIDE loss constants per dataset), §1.5 (test batch 128).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+import pathlib
+
+import ml_collections
+import pytest
+
+from ride_jax.configlib import load
+from ride_jax.data.long_tail import long_tail_counts
+from ride_jax.data.registry import dataset_arguments, dataset_builder
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+LOSSES = ["ride", "ldam_drw", "ce", "focal"]
+EXPERTS = [1, 2, 3, 4, 5, 6]
+RATIOS = [100, 50, 10]
+BACKBONES = {"r10": "resnet10", "r50": "resnet50", "rx50": "resnext50"}
+
+# file -> {argument: values to try}; "smoke" is tried on its own and with each loss.
+ARGS = {
+    "cifar100_lt": {"ratio": RATIOS, "experts": EXPERTS, "loss": LOSSES, "smoke": [True]},
+    "cifar10_lt": {"ratio": RATIOS, "experts": EXPERTS, "loss": LOSSES, "smoke": [True]},
+    "fashion_mnist_lt": {"ratio": RATIOS, "experts": EXPERTS, "loss": LOSSES,
+                         "smoke": [True]},
+    "cifar10_jpeg_lt": {"ratio": RATIOS, "experts": EXPERTS, "loss": LOSSES, "smoke": [True],
+                        "path": ["/tmp/somewhere/cifar10.zip"]},
+    "synthetic_lt": {"experts": EXPERTS, "loss": LOSSES, "smoke": [True]},
+    "imagenet_lt": {"backbone": list(BACKBONES), "experts": EXPERTS, "loss": LOSSES,
+                    "data_dir": ["/tmp/tfds"]},
+    "inat2018": {"backbone": list(BACKBONES), "experts": EXPERTS, "loss": LOSSES,
+                 "data_dir": ["/tmp/tfds"]},
+    "places_lt": {"backbone": list(BACKBONES), "experts": EXPERTS, "loss": LOSSES,
+                  "image_root": ["/tmp/places365"], "data_dir": ["/tmp/tfds"]},
+}
+NUM_CLASSES = {"cifar100_lt": 100, "cifar10_lt": 10, "fashion_mnist_lt": 10,
+               "cifar10_jpeg_lt": 10, "synthetic_lt": 10, "imagenet_lt": 1000, "inat2018": 8142, "places_lt": 365}
+CIFAR_STYLE = ("cifar100_lt", "cifar10_lt", "fashion_mnist_lt", "cifar10_jpeg_lt",
+               "synthetic_lt")
+STREAMING = ("imagenet_lt", "inat2018", "places_lt")
+DATASET = {"cifar100_lt": "cifar100_lt", "cifar10_lt": "cifar10_lt",
+           "fashion_mnist_lt": "fashion_mnist_lt", "cifar10_jpeg_lt": "image_folder_lt",
+           "synthetic_lt": "synthetic_lt",
+           "imagenet_lt": "imagenet_lt", "inat2018": "inat2018", "places_lt": "places_lt"}
+
+
+def _cases():
+    for name, args in ARGS.items():
+        yield name, ""
+        for key, values in args.items():
+            for v in values:
+                yield name, key if v is True else f"{key}={v}"
+        if "smoke" in args:
+            for loss in LOSSES:
+                yield name, f"smoke,loss={loss}"
+            yield name, "smoke,experts=6" + (",ratio=50" if "ratio" in args else "")
+
+
+def _param(name, arg):
+    return pytest.param(name, arg)
+
+
+CASES = list(_cases())
+
+
+def _load(name, arg=""):
+    return load(CONFIGS / f"{name}.py", arg)
+
+
+def _parsed(arg):
+    out = {}
+    for item in arg.split(","):
+        if item:
+            k, eq, v = item.partition("=")
+            out[k] = v if eq else True
+    return out
+
+
+def test_every_config_file_is_covered():
+    files = {p.stem for p in CONFIGS.glob("*.py")} - {"__init__", "common"}
+    assert files == set(ARGS)
+
+
+@pytest.mark.parametrize("name,arg", [_param(n, a) for n, a in CASES],
+                         ids=[f"{n}:{a}" for n, a in CASES])
+def test_loads_with_argument(name, arg):
+    c = _load(name, arg)
+    a = _parsed(arg)
+    assert isinstance(c, ml_collections.ConfigDict)
+    assert c.is_locked
+    assert c.dataset.name == DATASET[name]
+
+    # Dataset arguments are arguments of the registered builder; required ones given.
+    valid = dataset_arguments(c.dataset.name)
+    args = c.dataset.args.to_dict()
+    assert set(args) <= set(valid), sorted(set(args) - set(valid))
+    params = inspect.signature(dataset_builder(c.dataset.name)).parameters
+    required = {k for k, p in params.items() if p.default is inspect.Parameter.empty}
+    assert required <= set(args)
+
+    # The arguments are applied.
+    loss = a.get("loss", "ride")
+    assert c.loss.name == loss
+    if loss == "ride":
+        assert c.model.num_experts == int(a.get("experts", 3))
+        assert c.model.reduce_dimension is True
+    else:
+        assert c.model.num_experts == 1
+        assert c.model.reduce_dimension is False
+        assert c.optim.nesterov is False
+        assert c.optim.weight_decay == 2e-4
+        assert c.model.use_norm == (loss == "ldam_drw")
+    if "backbone" in a:
+        assert c.model.arch == BACKBONES[a["backbone"]]
+    if "ratio" in a and "smoke" not in a:
+        assert c.dataset.args.ratio == float(a["ratio"])
+    for key in ("path", "data_dir", "image_root"):
+        if key in a:
+            assert c.dataset.args[key] == a[key]
+
+    # A coherent schedule: warmup before the first step, the loss switch with an LR
+    # decay (epoch step1 or step2), everything inside the run.
+    o = c.optim
+    assert 0 < o.warmup_epochs <= o.step1 <= o.step2 <= c.epochs
+    assert c.loss.reweight_epoch in (o.step1, o.step2)
+    assert c.loss.reweight_epoch < c.epochs
+    assert c.data.batch_size > 0 and c.data.eval_batch_size > 0
+
+    if a.get("smoke"):
+        assert c.epochs == 2
+        assert c.loss.reweight_epoch == 1
+        # The dataset is shrunk to at most ~1000 training images (a run of about a
+        # minute on a 2-core CPU).
+        assert "img_max" in c.dataset.args, "smoke must shrink the dataset (img_max)"
+        counts = long_tail_counts(NUM_CLASSES[name], c.dataset.args.img_max,
+                                  c.dataset.args.ratio)
+        assert counts.sum() <= 1000, counts.sum()
+    if name in CIFAR_STYLE:
+        assert c.model.arch == "resnet32"
+        assert c.data.augment == ("ride" if loss == "ride" else "ldam")
+    else:
+        assert c.data.augment == "none"       # the streaming loader augments
+
+
+def test_locked_config_rejects_unknown_keys():
+    for name in ARGS:
+        c = _load(name)
+        with pytest.raises((AttributeError, KeyError)):
+            c.optim.lrr = 0.2
+        with pytest.raises((AttributeError, KeyError)):
+            c.not_a_key = 1
+        c.optim.lr = 0.05           # known keys can still be overridden
+        assert c.optim.lr == 0.05
+
+
+BAD_VALUES = [(name, key, bad) for name, args in ARGS.items() for key, bad in
+              [("ratio", "7"), ("experts", "0"), ("experts", "7"), ("loss", "bogus"),
+               ("backbone", "r18")] if key in args]
+
+
+@pytest.mark.parametrize("name,key,bad", BAD_VALUES,
+                         ids=[f"{n}:{k}={b}" for n, k, b in BAD_VALUES])
+def test_bad_value_names_valid_choices(name, key, bad):
+    with pytest.raises(ValueError) as e:
+        _load(name, f"{key}={bad}")
+    msg = str(e.value)
+    assert "valid choices" in msg and key in msg
+    expected = {"ratio": RATIOS, "experts": EXPERTS, "loss": LOSSES,
+                "backbone": list(BACKBONES)}[key]
+    for v in expected:
+        assert repr(v) in msg
+
+
+@pytest.mark.parametrize("name", list(ARGS))
+def test_unknown_argument_names_valid_arguments(name):
+    with pytest.raises(ValueError) as e:
+        _load(name, "bogus=1")
+    msg = str(e.value)
+    assert "bogus" in msg
+    for key in ARGS[name]:
+        assert repr(key) in msg
+
+
+@pytest.mark.parametrize("name", list(ARGS))
+def test_docstring_has_launch_command(name):
+    doc = ast.get_docstring(ast.parse((CONFIGS / f"{name}.py").read_text()))
+    assert doc
+    assert f"python -m ride_jax.main --config=configs/{name}.py" in doc
+    for key in ARGS[name]:        # every argument is documented
+        assert key in doc
+
+
+# ------------------------------------------------------------------ official values
+
+
+def _check_cifar_recipe(c):
+    assert c.model.arch == "resnet32"
+    assert c.data.batch_size == 128 and c.data.eval_batch_size == 128
+    assert c.epochs == 200
+    o = c.optim
+    assert (o.lr, o.momentum, o.weight_decay, o.nesterov) == (0.1, 0.9, 5e-4, True)
+    assert (o.warmup_epochs, o.step1, o.step2, o.gamma) == (5, 160, 180, 0.01)
+    assert c.loss.reweight_epoch == 160
+    assert c.loss.diversity_factor == -0.45 and c.loss.reweight_factor == 0.05
+    assert c.model.num_experts == 3 and c.model.reduce_dimension and c.model.use_norm
+    assert c.model.scale == 30.0
+    assert c.data.augment == "ride"
+
+
+@pytest.mark.parametrize("name", CIFAR_STYLE)
+def test_cifar_style_official_recipe(name):
+    _check_cifar_recipe(_load(name))
+    ldam = _load(name, "loss=ldam_drw")
+    assert ldam.model.num_experts == 1
+    assert ldam.optim.weight_decay == 2e-4 and ldam.optim.nesterov is False
+    assert ldam.model.use_norm and not ldam.model.reduce_dimension
+    assert ldam.data.augment == "ldam"
+    assert (ldam.optim.step1, ldam.optim.step2, ldam.loss.reweight_epoch) == (160, 180, 160)
+
+
+def test_cifar_datasets():
+    assert _load("cifar100_lt").dataset.args.to_dict() == {"ratio": 100.0}
+    assert _load("cifar10_lt").dataset.args.to_dict() == {"ratio": 100.0}
+    assert _load("fashion_mnist_lt").dataset.args.to_dict() == {"ratio": 100.0,
+                                                                "img_max": 6000.0}
+    jpeg = _load("cifar10_jpeg_lt").dataset.args.to_dict()
+    default = os.path.normpath(ROOT / ".." / "shared" / "data" / "cifar10-jpeg"
+                               / "cifar10-jpeg.zip")
+    assert jpeg == {"path": default, "ratio": 100.0}
+    assert "img_max" not in jpeg           # 5000 = len(train) / C, the official value
+
+
+def _check_imagenet_recipe(c, batch, lr, reweight_factor):
+    assert c.data.batch_size == batch and c.data.eval_batch_size == 128
+    assert c.epochs == 100
+    o = c.optim
+    assert (o.lr, o.momentum, o.weight_decay, o.nesterov) == (lr, 0.9, 2e-4, True)
+    assert (o.warmup_epochs, o.step1, o.step2, o.gamma) == (5, 60, 80, 0.1)
+    assert c.loss.reweight_epoch == 80
+    assert c.loss.diversity_factor == -0.2
+    assert c.loss.reweight_factor == reweight_factor
+    assert c.model.num_experts == 3 and c.model.reduce_dimension and c.model.use_norm
+    assert c.model.scale == 30.0
+
+
+def test_imagenet_lt_official_recipe():
+    c = _load("imagenet_lt")
+    _check_imagenet_recipe(c, 256, 0.1, 0.02)
+    assert c.model.arch == "resnet50"
+    assert c.dataset.args.to_dict() == {}
+    for b, arch in BACKBONES.items():
+        c = _load("imagenet_lt", f"backbone={b}")
+        _check_imagenet_recipe(c, 256, 0.1, 0.02)
+        assert c.model.arch == arch
+
+
+def test_inat2018_official_recipe():
+    c = _load("inat2018")
+    _check_imagenet_recipe(c, 512, 0.2, 0.015)
+    assert c.model.arch == "resnet50"
+    assert c.dataset.args.to_dict() == {}
+
+
+def test_places_lt_recipe():
+    c = _load("places_lt")
+    _check_imagenet_recipe(c, 256, 0.1, 0.02)
+    assert c.model.arch == "resnet50"
+    assert c.dataset.args.to_dict() == {}
+
+
+def test_streaming_ldam_keeps_streaming_augmentation():
+    for name in STREAMING:
+        c = _load(name, "loss=ldam_drw")
+        assert c.data.augment == "none"
+        assert c.optim.nesterov is False and c.model.num_experts == 1
+
+
+# ------------------------------------------------------------ offline smoke datasets
+
+
+def test_fashion_mnist_smoke_dataset_is_small():
+    from ride_jax.data import fashion_mnist
+    from ride_jax.data.registry import load_dataset
+    if not os.path.isdir(fashion_mnist.DEBIAN_DIR):
+        pytest.skip("Debian dataset-fashion-mnist is not installed")
+    c = _load("fashion_mnist_lt", "smoke")
+    d = load_dataset(c.dataset.name, **c.dataset.args.to_dict())
+    assert d.train.images.shape[1:] == (28, 28, 1)
+    assert len(d.train.labels) < 1000
+    assert d.num_classes == 10
+
+
+def test_cifar10_jpeg_smoke_dataset_is_small():
+    from ride_jax.data.registry import load_dataset
+    c = _load("cifar10_jpeg_lt", "smoke")
+    if not os.path.exists(c.dataset.args.path):
+        pytest.skip("the CIFAR-10 JPEG pack is not there")
+    d = load_dataset(c.dataset.name, **c.dataset.args.to_dict())
+    assert d.train.images.shape[1:] == (32, 32, 3)
+    assert len(d.train.labels) < 500
+    assert d.num_classes == 10
