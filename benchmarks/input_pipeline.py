@@ -173,7 +173,8 @@ def main(argv=None):
     parser.add_argument("--stream-steps", type=int, default=5)
     parser.add_argument("--json", default=None)
     parser.add_argument("--verbose", action="store_true", help="print every timed run")
-    parser.add_argument("--skip-loader", action="store_true", help="only the train-step part")
+    parser.add_argument("--skip-loader", action="store_true", help="skip the loader table")
+    parser.add_argument("--skip-train", action="store_true", help="skip the train-step table")
     args = parser.parse_args(argv)
 
     ds = synthetic_lt(num_classes=100, img_max=500, ratio=100)   # CIFAR-100-LT r100 sizes
@@ -193,7 +194,7 @@ def main(argv=None):
           f"the loader ('ride' augmentation)")
     print(f"{'batch':>6} {'alone img/s':>12} {'fed img/s':>12} {'fused img/s':>12} "
           f"{'fed/alone':>10} {'fused/alone':>12}")
-    for batch in [int(b) for b in args.batches.split(",")]:
+    for batch in [] if args.skip_train else [int(b) for b in args.batches.split(",")]:
         r = bench_train(ds, batch, args.train_steps, args.repeats, verbose=args.verbose)
         for k in ("alone", "fed", "fused"):
             rows.append({"pipeline": f"train step {k}", "batch": batch,

@@ -1,55 +1,71 @@
-"""Command-line entry point: ``python -m ride_jax.main --config=configs/<name>.py``.
+"""Command-line entry point.
 
-Training (configs, data, sharded train loop, checkpoints) is not implemented yet: it
-arrives with the training-system issue. Until then this entry point says so and shows
-what the package already provides, by building the default RIDE model (ResNet-32,
-3 experts, CIFAR-100) and reporting its size and compute.
+    python -m ride_jax.main --config=configs/fashion_mnist_lt.py:smoke --workdir=runs/fm_smoke
+    python -m ride_jax.main --config=configs/cifar100_lt.py:ratio=50 --workdir=runs/c100 \\
+        --config.optim.lr=0.05
+
+``--config`` is a recipe file with optional ``:args`` (see each file's docstring);
+``--config.key=value`` overrides a field (a typo is an error listing the valid keys).
+Rerunning the same command resumes from the newest checkpoint in ``--workdir``. The
+logic lives in :func:`ride_jax.train.train_and_evaluate`, importable from notebooks.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import sys
 
-NOTICE = ("ride_jax: training is not available yet; it arrives with the training-system "
-          "issue (configs, data pipeline, train loop, checkpoints).")
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Recipe file, configs/<name>.py[:args].", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                               "Folder for checkpoints, metrics and results (resumed if it "
+                               "holds a run).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+# A user mistake (bad value, missing data, other config in the workdir) is reported as
+# one message, without a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, TypeError, NotImplementedError)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ride_jax.main", description=__doc__)
-    parser.add_argument("--config", default=None, help="config file (not used yet)")
-    parser.add_argument("--workdir", default=None, help="output folder (not used yet)")
-    args, _ = parser.parse_known_args(argv)
+class _QuietLibraries:
+    """Keep library chatter (Orbax's per-save INFO lines) out of the run's log."""
 
-    import jax  # pylint: disable=import-outside-toplevel
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    def filter(self, record) -> bool:
+        return record.levelno >= 30 or "/orbax/" not in record.pathname
 
-    from ride_jax import losses  # pylint: disable=import-outside-toplevel
-    from ride_jax.data import long_tail_counts  # pylint: disable=import-outside-toplevel
-    from ride_jax.flops import model_macs  # pylint: disable=import-outside-toplevel
-    from ride_jax.models import count_params, create_model  # pylint: disable=import-outside-toplevel
 
-    print(NOTICE)
-    if args.config:
-        print(f"(ignoring --config={args.config} until then)")
-    model = create_model("resnet32", num_classes=100, num_experts=3)
-    images = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
-    labels = jnp.arange(8) * 12
-    variables = jax.jit(model.init)(jax.random.key(0), images)
-    counts = long_tail_counts(100, 500, ratio=100)  # CIFAR-100-LT
-    vec = losses.ride_schedule(counts, epoch=1, reweight_epoch=160, reweight_factor=0.05)
-    out = jax.jit(model.apply)(variables, images)
-    loss, aux = losses.ride_loss(out["expert_logits"], labels, margins=vec.margins,
-                                 class_weights=vec.class_weights,
-                                 temperatures=vec.temperatures, diversity_factor=-0.45)
-    macs = model_macs(model)
-    print("What works today: ride_jax.losses, ride_jax.models, ride_jax.convert, ride_jax.flops")
-    print(f"RIDE ResNet-32, 3 experts, CIFAR-100: {count_params(variables):,} parameters, "
-          f"{macs.total:,} MACs per image ({macs.with_experts(1):,} with one expert)")
-    print(f"RIDE loss of the untrained model on 8 random images: {float(loss):.4f} "
-          f"(per expert {[round(float(x), 4) for x in aux['per_expert_total']]})")
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    config = _CONFIG.value
+    import jax  # after flag parsing, so --help is fast
+    if config.distributed:
+        jax.distributed.initialize()
+    from ride_jax.train import train_and_evaluate
+    logging.info("config:\n%s", config)
+    try:
+        result = train_and_evaluate(config, _WORKDIR.value)
+    except USER_ERRORS as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    last = result["last"] or {}
+    summary = {k: last.get(k) for k in ("accuracy", "many", "medium", "few")}
+    print(f"{result['status']} at step {result['step']}; last evaluation: {json.dumps(summary)}"
+          f"; results in {_WORKDIR.value}/results.json")
     return 0
 
 
+def run() -> None:
+    app.run(lambda argv: sys.exit(main(argv)))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

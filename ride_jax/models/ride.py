@@ -151,11 +151,12 @@ class RIDEModel:
     def _check_images(images) -> None:
         shape = getattr(images, "shape", None)
         if shape is None or len(shape) != 4:
-            raise ValueError(f"images must be a [B, H, W, 3] NHWC array, got shape {shape}")
-        if shape[-1] != 3:
+            raise ValueError(f"images must be a [B, H, W, C] NHWC array, got shape {shape}")
+        if shape[-1] not in (1, 3):
             hint = (" (this looks like NCHW: transpose with images.transpose(0, 2, 3, 1))"
-                    if shape[1] == 3 else "")
-            raise ValueError(f"images must be NHWC with 3 channels, got shape {tuple(shape)}{hint}")
+                    if shape[1] in (1, 3) else "")
+            raise ValueError(f"images must be NHWC with 3 (RGB) or 1 (grey) channels, got "
+                             f"shape {tuple(shape)}{hint}")
 
     def expert_variables(self, variables: Variables, i: int) -> Variables:
         """Variables of expert ``i`` alone (unstacked), for ``self.expert.apply``."""

@@ -1,0 +1,406 @@
+"""``train_and_evaluate(config, workdir)``: the training system behind ``ride_jax.main``.
+
+One state pytree ``{'params', 'batch_stats', 'opt_state', 'step', 'rng'}`` replicated
+over a 1-D ``'data'`` mesh of all devices; batches sharded ``P('data')``; one jitted,
+state-donating train step (a second compiled shape only for the official smaller last
+batch of an epoch, ``data.remainder='partial'``). BatchNorm statistics are computed
+over the GLOBAL batch (XLA all-reduces them); the official multi-GPU runs
+(``DataParallel``) use per-GPU statistics, which only matters with several devices.
+
+The LR (official per-epoch ``CustomLR``) and the DRW / class-temperature switch at
+``loss.reweight_epoch`` are functions of the traced step, so nothing recompiles.
+
+Everything a run needs to resume is in ``workdir``: Orbax checkpoints (state + config),
+``config.json``, ``dataset.json`` (class counts, subset fingerprint), ``metrics.jsonl``
+(train and eval scalars), ``eval/epoch_NNNN.json`` (per-class and per-expert accuracy)
+and ``results.json`` (best and last evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ride_jax import losses, metrics, optim
+from ride_jax.checkpointing import Checkpointer, abstract_like
+from ride_jax.data import load_cache, load_dataset, make_loader
+from ride_jax.data.base import ArrayDataset
+from ride_jax.data.loader import DATA_AXIS, data_mesh
+from ride_jax.models import create_model
+
+LOSSES = ("ride", "ldam_drw", "ce", "focal")
+DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+# Keys that do not change the trajectory of a run: a resumed run may change them.
+RUNTIME_KEYS = ("max_steps", "resume_with_different_config", "log_every_steps",
+                "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints",
+                "distributed")
+
+
+# ------------------------------------------------------------------------------ pieces
+
+def build_dataset(config: ml_collections.ConfigDict):
+    """The dataset named by ``config.dataset`` (or its prepared cache)."""
+    if config.dataset.cache:
+        return load_cache(config.dataset.cache)
+    return load_dataset(config.dataset.name, **config.dataset.args.to_dict())
+
+
+def make_loss_fn(loss_cfg: ml_collections.ConfigDict, train_counts: Any, scale: float
+                 ) -> Callable:
+    """``(outputs, labels, epoch) -> (loss, aux)``; ``epoch`` is the traced 1-indexed epoch."""
+    name = losses.check_choice("loss.name", loss_cfg.name, LOSSES)
+    active = losses.ride_class_vectors(
+        train_counts, max_margin=loss_cfg.max_margin, beta=loss_cfg.drw_beta,
+        reweight_factor=loss_cfg.reweight_factor, base_temperature=loss_cfg.base_temperature,
+        formula=loss_cfg.temperature_formula, dtype=jnp.float32)
+
+    def loss_fn(outputs, labels, epoch):
+        vec = losses.select_class_vectors(epoch, loss_cfg.reweight_epoch, active,
+                                          loss_cfg.base_temperature)
+        logits = outputs["logits"].astype(jnp.float32)
+        if name == "ride":
+            return losses.ride_loss(
+                outputs["expert_logits"].astype(jnp.float32), labels,
+                diversity_factor=loss_cfg.diversity_factor, margins=vec.margins,
+                class_weights=vec.class_weights, temperatures=vec.temperatures, scale=scale,
+                base_temperature=loss_cfg.base_temperature,
+                base_loss_factor=loss_cfg.base_loss_factor)
+        if name == "ldam_drw":
+            return losses.ldam_loss(logits, labels, vec.margins, scale,
+                                    class_weights=vec.class_weights), {}
+        if name == "focal":
+            return losses.focal_loss(logits, labels, loss_cfg.focal_gamma), {}
+        return losses.cross_entropy(logits, labels), {}
+    return loss_fn
+
+
+def create_state(model, tx, rng: jax.Array, sample_images: jax.Array) -> dict[str, Any]:
+    """The initial train state (pure: a function of ``rng`` and the shapes)."""
+    init_rng, rng = jax.random.split(rng)
+    variables = model.init(init_rng, sample_images)
+    return {"params": variables["params"], "batch_stats": variables["batch_stats"],
+            "opt_state": tx.init(variables["params"]), "step": jnp.zeros((), jnp.int32),
+            "rng": rng}
+
+
+def make_train_step(model, tx, loss_fn, schedule, steps_per_epoch: int) -> Callable:
+    """``(state, batch) -> (state, metrics)``, pure; metrics are per-step scalars."""
+
+    def step_fn(state, batch):
+        epoch = state["step"] // steps_per_epoch + 1
+
+        def objective(params):
+            out, new = model.apply({"params": params, "batch_stats": state["batch_stats"]},
+                                   batch["image"], train=True)
+            loss, _ = loss_fn(out, batch["label"], epoch)
+            return loss, (new["batch_stats"], out["logits"])
+
+        (loss, (batch_stats, logits)), grads = jax.value_and_grad(
+            objective, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        new_state = {"params": optax.apply_updates(state["params"], updates),
+                     "batch_stats": batch_stats, "opt_state": opt_state,
+                     "step": state["step"] + 1, "rng": state["rng"]}
+        acc = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
+        return new_state, {"loss": loss, "accuracy": acc, "lr": schedule(state["step"])}
+    return step_fn
+
+
+def make_eval_step(model) -> Callable:
+    """``(state, batch) -> eval_counts`` (masked sums, see :mod:`ride_jax.metrics`)."""
+
+    def eval_fn(state, batch):
+        out = model.apply({"params": state["params"], "batch_stats": state["batch_stats"]},
+                          batch["image"], train=False)
+        logits = out["logits"].astype(jnp.float32)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        return metrics.eval_counts(logits, batch["label"], batch.get("mask"),
+                                   out["expert_logits"].astype(jnp.float32), loss)
+    return eval_fn
+
+
+def _config_for_compare(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS}
+
+
+class _Writer:
+    """clu metric writer (stdout + TensorBoard) and an append-only ``metrics.jsonl``."""
+
+    def __init__(self, workdir: str, enabled: bool):
+        self.enabled = enabled
+        self.clu = None
+        if not enabled:
+            return
+        try:
+            from clu import metric_writers
+            self.clu = metric_writers.create_default_writer(workdir, asynchronous=True)
+        except Exception as e:  # no TensorFlow/tensorboard: JSONL and logging only
+            logging.warning("clu metric writer unavailable (%s): writing metrics.jsonl only", e)
+        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+
+    def scalars(self, step: int, values: dict[str, Any], kind: str) -> None:
+        if not self.enabled:
+            return
+        flat = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
+        self.jsonl.write(json.dumps({"step": step, "kind": kind, **flat}) + "\n")
+        self.jsonl.flush()
+        if self.clu is not None:
+            self.clu.write_scalars(step, {f"{kind}/{k}": v for k, v in flat.items()})
+
+    def hparams(self, config: dict) -> None:
+        if self.enabled and self.clu is not None:
+            flat = {}
+
+            def walk(prefix, d):
+                for k, v in d.items():
+                    if isinstance(v, dict):
+                        walk(f"{prefix}{k}.", v)
+                    elif isinstance(v, (int, float, str, bool)):
+                        flat[prefix + k] = v
+            walk("", config)
+            self.clu.write_hparams(flat)
+
+    def close(self) -> None:
+        if self.enabled:
+            if self.clu is not None:
+                self.clu.flush()
+                self.clu.close()
+            self.jsonl.close()
+
+
+class _Stop:
+    """SIGTERM / SIGINT: finish the current step, save, exit cleanly."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handler
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------- main
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices: Any = None) -> dict[str, Any]:
+    """Train and evaluate as ``config`` says, in ``workdir`` (resuming what is there).
+
+    ``devices``: the devices of the data mesh (default: all).
+
+    Returns:
+      ``{'status': 'finished' | 'interrupted' | 'stopped_at_max_steps', 'step': int,
+      'last': eval summary or None, 'best': eval summary or None}``.
+    """
+    workdir = os.path.abspath(workdir)
+    is_main = jax.process_index() == 0
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    cfg_dict = config.to_dict()
+
+    # A workdir holding another config refuses to resume unless told to.
+    cfg_path = os.path.join(workdir, "config.json")
+    if os.path.exists(cfg_path):
+        with open(cfg_path) as f:
+            old = json.load(f)
+        if (_config_for_compare(old) != _config_for_compare(json.loads(config.to_json()))
+                and not config.resume_with_different_config):
+            diff = sorted(k for k in set(old) | set(cfg_dict)
+                          if k not in RUNTIME_KEYS and old.get(k) != json.loads(
+                              config.to_json()).get(k))
+            raise ValueError(
+                f"{workdir!r} holds a run with a different config (differs in {diff}); use "
+                "another --workdir, or --config.resume_with_different_config=True")
+    if is_main:
+        _write_json(cfg_path, json.loads(config.to_json()))
+
+    mesh = data_mesh(devices)
+    repl = NamedSharding(mesh, P())
+    batch_sh = NamedSharding(mesh, P(DATA_AXIS))
+    logging.info("devices: %d (%s), processes: %d", jax.device_count(),
+                 jax.devices()[0].device_kind, jax.process_count())
+
+    dataset = build_dataset(config)
+    if not isinstance(dataset, ArrayDataset):
+        raise NotImplementedError(
+            f"dataset {config.dataset.name!r} is streamed; the trainer runs in-memory datasets "
+            "in this version (see README: streaming training is not wired in yet)")
+    train_counts = dataset.train_counts
+    if is_main:
+        _write_json(os.path.join(workdir, "dataset.json"), dataset.describe())
+        if dataset.selected is not None:
+            np.save(os.path.join(workdir, "selected_indices.npy"), dataset.selected)
+    loader = make_loader(dataset, config.data.batch_size,
+                         eval_batch_size=config.data.eval_batch_size, mesh=mesh,
+                         augment=config.data.augment, sampler=config.data.sampler,
+                         remainder=config.data.remainder, seed=config.seed,
+                         dtype=DTYPES[config.model.dtype])
+    spe = loader.steps_per_epoch
+    total_steps = config.epochs * spe
+
+    model = create_model(config.model.arch, num_classes=dataset.num_classes,
+                         num_experts=config.model.num_experts,
+                         reduce_dimension=config.model.reduce_dimension,
+                         use_norm=config.model.use_norm, scale=config.model.scale,
+                         expert_impl=config.model.expert_impl,
+                         dtype=DTYPES[config.model.dtype])
+    o = config.optim
+    schedule = optim.custom_lr_schedule(o.lr, spe, warmup_epochs=o.warmup_epochs,
+                                        step1=o.step1, step2=o.step2, gamma=o.gamma)
+    tx = optim.make_optimizer(schedule, weight_decay=o.weight_decay, momentum=o.momentum,
+                              nesterov=o.nesterov)
+    loss_fn = make_loss_fn(config.loss, train_counts, config.model.scale)
+
+    sample = jnp.zeros((1,) + dataset.image_shape, jnp.float32)
+    init = jax.jit(lambda rng: create_state(model, tx, rng, sample), out_shardings=repl)
+    rng = jax.random.key(config.seed)
+    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+    if ckpt.latest_step() is not None:
+        abstract = abstract_like(jax.eval_shape(init, rng), repl)
+        state, _ = ckpt.restore(abstract)
+        logging.info("resumed from step %d in %s", int(state["step"]), ckpt.directory)
+    else:
+        state = init(rng)
+        if is_main:
+            try:
+                from clu import parameter_overview
+                parameter_overview.log_parameter_overview(state["params"])
+            except Exception:  # pragma: no cover - logging only
+                pass
+    step = int(jax.device_get(state["step"]))
+
+    train_step = jax.jit(make_train_step(model, tx, loss_fn, schedule, spe),
+                         in_shardings=(repl, batch_sh), out_shardings=(repl, repl),
+                         donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(model), in_shardings=(repl, batch_sh),
+                        out_shardings=repl)
+
+    writer = _Writer(workdir, is_main)
+    if step == 0:
+        writer.hparams(cfg_dict)
+    results_path = os.path.join(workdir, "results.json")
+    results = {"best": None, "last": None}
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            results = json.load(f)
+
+    def run_eval(epoch: int) -> dict[str, Any]:
+        counts = None
+        for batch in loader.eval_batches():
+            counts = metrics.add_counts(counts, eval_step(state, batch))
+        summary = metrics.summarize(counts, train_counts)
+        summary.update(epoch=epoch, step=step)
+        if is_main:
+            _write_json(os.path.join(workdir, "eval", f"epoch_{epoch:04d}.json"), summary)
+            writer.scalars(step, {k: summary[k] for k in
+                                  ("accuracy", "top5", "class_mean_accuracy", "many",
+                                   "medium", "few", "loss") if summary.get(k) is not None},
+                           "eval")
+            results["last"] = summary
+            if results["best"] is None or summary["accuracy"] > results["best"]["accuracy"]:
+                results["best"] = summary
+            _write_json(results_path, results)
+        logging.info("eval epoch %d: accuracy %.4f  many %s  medium %s  few %s", epoch,
+                     summary["accuracy"], summary["many"], summary["medium"], summary["few"])
+        return summary
+
+    def save(force: bool = False):
+        ckpt.save(step, state, json.loads(config.to_json()), force=force)
+
+    status = "finished"
+    pending: list[tuple[int, dict]] = []
+    t_last, step_last = time.perf_counter(), step
+    show_bar = is_main and sys.stderr.isatty()
+
+    def flush_metrics():
+        nonlocal t_last, step_last
+        if not pending:
+            return
+        values = jax.device_get([m for _, m in pending])
+        for (s, _), v in zip(pending, values):
+            if not math.isfinite(float(v["loss"])):
+                raise FloatingPointError(
+                    f"non-finite loss {float(v['loss'])} at step {s} (epoch {s // spe + 1}); "
+                    f"the last good checkpoint in {ckpt.directory} is step "
+                    f"{ckpt.latest_step()}")
+        mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+        now = time.perf_counter()
+        rate = (step - step_last) / max(now - t_last, 1e-9)
+        eta = (total_steps - step) / rate if rate > 0 else float("nan")
+        mean.update(steps_per_s=rate, images_per_s=rate * config.data.batch_size,
+                    epoch=step / spe)
+        writer.scalars(step, mean, "train")
+        msg = (f"step {step}/{total_steps} epoch {step / spe:.2f} loss {mean['loss']:.4f} "
+               f"acc {mean['accuracy']:.3f} lr {mean['lr']:.4g} {rate:.2f} steps/s "
+               f"ETA {eta / 60:.1f} min")
+        if show_bar:
+            sys.stderr.write("\r" + msg[:150].ljust(150))
+            sys.stderr.flush()
+        logging.info(msg)
+        pending.clear()
+        t_last, step_last = now, step
+
+    with _Stop() as stop, jax.set_mesh(mesh):
+        try:
+            start_epoch, offset = divmod(step, spe)
+            for epoch0 in range(start_epoch, config.epochs):
+                for batch in loader.epoch(epoch0, start=offset if epoch0 == start_epoch else 0):
+                    state, m = train_step(state, batch)
+                    step += 1
+                    pending.append((step - 1, m))
+                    if step % config.log_every_steps == 0:
+                        flush_metrics()
+                    if stop.signum is not None or (config.max_steps and
+                                                   step >= config.max_steps):
+                        break
+                if stop.signum is not None or (config.max_steps and step >= config.max_steps):
+                    flush_metrics()
+                    save(force=True)
+                    status = ("interrupted" if stop.signum is not None
+                              else "stopped_at_max_steps")
+                    logging.info("%s at step %d: checkpoint saved", status, step)
+                    break
+                flush_metrics()
+                epoch = epoch0 + 1
+                last = epoch == config.epochs
+                if last or epoch % config.eval_every_epochs == 0:
+                    run_eval(epoch)
+                if last or epoch % config.checkpoint_every_epochs == 0:
+                    save(force=last)
+        finally:
+            if show_bar:
+                sys.stderr.write("\n")
+            ckpt.wait()
+            ckpt.close()
+            writer.close()
+    return {"status": status, "step": step, "last": results["last"], "best": results["best"]}
