@@ -261,6 +261,11 @@ _EIGHT = textwrap.dedent("""
                             if json.loads(l)["kind"] == "train"]
         np.savez(sys.argv[1] + f"/p{{n}}.npz", *[np.asarray(x) for x in jax.tree.leaves(
             (state["params"], state["batch_stats"]))])
+
+    # 3. The 8-device checkpoint resumes on 1 device (and trains on).
+    c.unlock(); c.epochs = 2; c.resume_with_different_config = True; c.lock()
+    r = train_and_evaluate(c, sys.argv[1] + "/w8", devices=jax.devices()[:1])
+    out["resumed_on_1"] = [r["status"], r["step"]]
     print(json.dumps(out))
 """)
 
@@ -278,6 +283,7 @@ def test_eight_devices_match_one_device(tmp_path):
     # backward amplifies to ~1e-3 of a conv gradient after a few steps).
     assert out["step1"] == out["step8"] == 4 and len(out["loss1"]) == 4
     np.testing.assert_allclose(out["loss8"], out["loss1"], rtol=1e-3)
+    assert out["resumed_on_1"] == ["finished", 8]
     a, b = np.load(tmp_path / "p1.npz"), np.load(tmp_path / "p8.npz")
     assert len(a.files) == len(b.files) > 10
     # Small biases whose exact gradient nearly cancels (a BN bias feeding the next BN)
