@@ -87,6 +87,34 @@ def make_loss_fn(loss_cfg: ml_collections.ConfigDict, train_counts: Any, scale: 
     return loss_fn
 
 
+class StreamLoader:
+    """The trainer's loader interface over a streamed dataset (tf.data).
+
+    Epoch ``e`` is the first ``ceil(N / B)`` batches (the official epoch length) of a
+    fresh endless stream seeded with ``(seed, e)``, so epochs are reproducible and a
+    run resumes at any step (mid-epoch by reading past the batches already done).
+    """
+
+    def __init__(self, dataset, batch_size: int, eval_batch_size: int, mesh, seed: int,
+                 sampler: str):
+        self.dataset, self.mesh, self.seed, self.sampler = dataset, mesh, seed, sampler
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.steps_per_epoch = dataset.steps_per_epoch(batch_size)
+
+    def epoch(self, epoch: int, start: int = 0):
+        stream = self.dataset.train_iterator(
+            self.batch_size, seed=int(np.random.default_rng([self.seed, 7, epoch])
+                                      .integers(2 ** 31)),
+            mesh=self.mesh, sampler=self.sampler)
+        for step in range(self.steps_per_epoch):
+            batch = next(stream)
+            if step >= start:
+                yield batch
+
+    def eval_batches(self):
+        return self.dataset.eval_iterator(self.eval_batch_size, mesh=self.mesh)
+
+
 def create_state(model, tx, rng: jax.Array, sample_images: jax.Array) -> dict[str, Any]:
     """The initial train state (pure: a function of ``rng`` and the shapes)."""
     init_rng, rng = jax.random.split(rng)
@@ -214,10 +242,15 @@ def _write_json(path: str, obj: Any) -> None:
 # ------------------------------------------------------------------------------- main
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       devices: Any = None) -> dict[str, Any]:
+                       devices: Any = None, dataset: Any = None) -> dict[str, Any]:
     """Train and evaluate as ``config`` says, in ``workdir`` (resuming what is there).
 
-    ``devices``: the devices of the data mesh (default: all).
+    Args:
+      config: a recipe (``configs/*.py``).
+      workdir: output folder.
+      devices: the devices of the data mesh (default: all).
+      dataset: an ``ArrayDataset`` or ``StreamingDataset`` to use instead of the one
+        ``config.dataset`` names (your own data, from a notebook).
 
     Returns:
       ``{'status': 'finished' | 'interrupted' | 'stopped_at_max_steps', 'step': int,
@@ -250,21 +283,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info("devices: %d (%s), processes: %d", jax.device_count(),
                  jax.devices()[0].device_kind, jax.process_count())
 
-    dataset = build_dataset(config)
-    if not isinstance(dataset, ArrayDataset):
-        raise NotImplementedError(
-            f"dataset {config.dataset.name!r} is streamed; the trainer runs in-memory datasets "
-            "in this version (see README: streaming training is not wired in yet)")
+    dataset = build_dataset(config) if dataset is None else dataset
     train_counts = dataset.train_counts
     if is_main:
         _write_json(os.path.join(workdir, "dataset.json"), dataset.describe())
-        if dataset.selected is not None:
+        if getattr(dataset, "selected", None) is not None:
             np.save(os.path.join(workdir, "selected_indices.npy"), dataset.selected)
-    loader = make_loader(dataset, config.data.batch_size,
-                         eval_batch_size=config.data.eval_batch_size, mesh=mesh,
-                         augment=config.data.augment, sampler=config.data.sampler,
-                         remainder=config.data.remainder, seed=config.seed,
-                         dtype=DTYPES[config.model.dtype])
+    if isinstance(dataset, ArrayDataset):
+        loader = make_loader(dataset, config.data.batch_size,
+                             eval_batch_size=config.data.eval_batch_size, mesh=mesh,
+                             augment=config.data.augment, sampler=config.data.sampler,
+                             remainder=config.data.remainder, seed=config.seed,
+                             dtype=DTYPES[config.model.dtype])
+    else:   # streamed: the official transforms run in tf.data (data.augment unused)
+        loader = StreamLoader(dataset, config.data.batch_size, config.data.eval_batch_size,
+                              mesh, config.seed, config.data.sampler)
     spe = loader.steps_per_epoch
     total_steps = config.epochs * spe
 
