@@ -190,8 +190,15 @@ def test_train_step_traces_once_across_the_loss_switch():
     step = jax.jit(counted)
     batch = {"image": images + 0.1, "label": jnp.array([0, 1, 2, 3])}
     lrs = []
-    for _ in range(5):
+    for k in range(5):
+        # The loss the step reports is the one of its epoch: DRW weights and class
+        # temperatures off in epoch 1 (steps 0-1), on from epoch 2 = reweight_epoch + 1.
+        out, _ = model.apply({"params": state["params"], "batch_stats": state["batch_stats"]},
+                             batch["image"], train=True)
+        off, on = (float(loss_fn(out, batch["label"], e)[0]) for e in (1, 2))
         state, m = step(state, batch)
+        assert float(m["loss"]) == pytest.approx(off if k < 2 else on, rel=1e-5), k
+        assert off != pytest.approx(on, rel=1e-3)
         lrs.append(float(m["lr"]))
     assert len(traces) == 1
     assert lrs == pytest.approx([0.1, 0.1, 0.001, 0.001, 1e-5])
