@@ -8,25 +8,13 @@ Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal, smoke (2 
 on a ratio-10 subset with 20 head images, for checking an install; ratio is ignored).
 """
 
-from ride_jax.configlib import check_choice, parse_arg
-
 from configs import common
 
 NUM_CLASSES = 100
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, ratio=100, experts=3, loss="ride", smoke=False)
-    check_choice("ratio", a.ratio, (100, 50, 10))
-    check_choice("experts", a.experts, range(1, 7))
-    c = common.get_base_config()
-    c.dataset.name = "cifar100_lt"
-    c.dataset.args = {"ratio": float(a.ratio)}
-    common.apply_loss_preset(c, a.loss)
-    if a.loss == "ride":
-        c.model.num_experts = a.experts
-    if a.smoke:  # about a minute on a 2-core CPU: ratio 10 from 20 head images (782)
-        common.apply_smoke(c)
-        c.dataset.args = {"ratio": 10.0, "img_max": 20.0}
-    c.lock()
-    return c
+    a = common.parse_small_image_arg(arg)
+    # smoke: about a minute on a 2-core CPU: ratio 10 from 20 head images (782).
+    return common.small_image_config(a, "cifar100_lt", {"ratio": float(a.ratio)},
+                                     {"ratio": 10.0, "img_max": 20.0})

@@ -22,8 +22,6 @@ constants (the builder's default). The recipe is the CIFAR-100-LT one (ride-spec
 
 import os
 
-from ride_jax.configlib import check_choice, parse_arg
-
 from configs import common
 
 NUM_CLASSES = 10
@@ -35,20 +33,10 @@ SMOKE_RATIO = 10.0
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, path=DEFAULT_PATH, ratio=100, experts=3, loss="ride", smoke=False)
-    check_choice("ratio", a.ratio, (100, 50, 10))
-    check_choice("experts", a.experts, range(1, 7))
+    a = common.parse_small_image_arg(arg, path=DEFAULT_PATH)
     if not a.path:
         raise ValueError("config argument path= must name a folder or .zip")
     path = os.path.expanduser(a.path)
-    c = common.get_base_config()
-    c.dataset.name = "image_folder_lt"
-    c.dataset.args = {"path": path, "ratio": float(a.ratio)}
-    common.apply_loss_preset(c, a.loss)
-    if a.loss == "ride":
-        c.model.num_experts = a.experts
-    if a.smoke:
-        common.apply_smoke(c)
-        c.dataset.args = {"path": path, "ratio": SMOKE_RATIO, "img_max": SMOKE_IMG_MAX}
-    c.lock()
-    return c
+    return common.small_image_config(
+        a, "image_folder_lt", {"path": path, "ratio": float(a.ratio)},
+        {"path": path, "ratio": SMOKE_RATIO, "img_max": SMOKE_IMG_MAX})

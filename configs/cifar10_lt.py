@@ -15,8 +15,6 @@ CIFAR-100-LT recipe unchanged (batch 128, 200 epochs, lr 0.1, wd 5e-4, Nesterov,
 0.05), with the CIFAR-10 images (tfds ``cifar10``, the official selection).
 """
 
-from ride_jax.configlib import check_choice, parse_arg
-
 from configs import common
 
 NUM_CLASSES = 10
@@ -25,17 +23,6 @@ SMOKE_RATIO = 10.0
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, ratio=100, experts=3, loss="ride", smoke=False)
-    check_choice("ratio", a.ratio, (100, 50, 10))
-    check_choice("experts", a.experts, range(1, 7))
-    c = common.get_base_config()
-    c.dataset.name = "cifar10_lt"
-    c.dataset.args = {"ratio": float(a.ratio)}
-    common.apply_loss_preset(c, a.loss)
-    if a.loss == "ride":
-        c.model.num_experts = a.experts
-    if a.smoke:
-        common.apply_smoke(c)
-        c.dataset.args = {"ratio": SMOKE_RATIO, "img_max": SMOKE_IMG_MAX}
-    c.lock()
-    return c
+    a = common.parse_small_image_arg(arg)
+    return common.small_image_config(a, "cifar10_lt", {"ratio": float(a.ratio)},
+                                     {"ratio": SMOKE_RATIO, "img_max": SMOKE_IMG_MAX})

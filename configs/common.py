@@ -102,3 +102,29 @@ def apply_smoke(c: ml_collections.ConfigDict) -> None:
     c.eval_every_epochs = 1
     c.checkpoint_every_epochs = 1
     c.log_every_steps = 5
+
+
+def parse_small_image_arg(arg, **extra):
+    """The ``:args`` of the CIFAR-style recipes: ratio 100|50|10, experts 1..6, loss, smoke."""
+    from ride_jax.configlib import check_choice, parse_arg
+    a = parse_arg(arg, ratio=100, experts=3, loss="ride", smoke=False, **extra)
+    check_choice("ratio", a.ratio, (100, 50, 10))
+    check_choice("experts", a.experts, range(1, 7))
+    check_choice("loss", a.loss, LOSSES)
+    return a
+
+
+def small_image_config(a, dataset: str, args: dict, smoke_args: dict
+                       ) -> ml_collections.ConfigDict:
+    """A locked CIFAR-style recipe on ``dataset`` (``a`` from :func:`parse_small_image_arg`)."""
+    c = get_base_config()
+    c.dataset.name = dataset
+    c.dataset.args = args
+    apply_loss_preset(c, a.loss)
+    if a.loss == "ride":
+        c.model.num_experts = a.experts
+    if a.smoke:
+        apply_smoke(c)
+        c.dataset.args = smoke_args
+    c.lock()
+    return c

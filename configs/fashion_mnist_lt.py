@@ -18,8 +18,6 @@ average pool takes any size: 7x7 maps after layer3) and the CIFAR augmentation (
 + crop 28, flip, rotation 15) works on any size.
 """
 
-from ride_jax.configlib import check_choice, parse_arg
-
 from configs import common
 
 NUM_CLASSES = 10
@@ -28,19 +26,9 @@ SMOKE_RATIO = 10.0
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, ratio=100, experts=3, loss="ride", smoke=False)
-    check_choice("ratio", a.ratio, (100, 50, 10))
-    check_choice("experts", a.experts, range(1, 7))
-    c = common.get_base_config()
-    c.dataset.name = "fashion_mnist_lt"
-    c.dataset.args = {"ratio": float(a.ratio), "img_max": 6000.0}
-    common.apply_loss_preset(c, a.loss)
-    if a.loss == "ride":
-        c.model.num_experts = a.experts
-    if a.smoke:
-        common.apply_smoke(c)
-        # The NumPy reader gives the same arrays without TensorFlow or tfds' one-time
-        # preparation (~30 s).
-        c.dataset.args = {"ratio": SMOKE_RATIO, "img_max": SMOKE_IMG_MAX, "backend": "idx"}
-    c.lock()
-    return c
+    a = common.parse_small_image_arg(arg)
+    # smoke: the NumPy reader gives the same arrays without TensorFlow or tfds' one-time
+    # preparation (~30 s).
+    return common.small_image_config(
+        a, "fashion_mnist_lt", {"ratio": float(a.ratio), "img_max": 6000.0},
+        {"ratio": SMOKE_RATIO, "img_max": SMOKE_IMG_MAX, "backend": "idx"})
