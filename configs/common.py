@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-LOSSES = ("ride", "ldam_drw", "ce", "focal")
+from ride_jax.configlib import LOSSES, check_choice, parse_arg
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -71,9 +71,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
 def apply_loss_preset(c: ml_collections.ConfigDict, loss: str) -> None:
     """The official model/optimiser settings that go with each loss (ride-spec.md §6.2-6.3)."""
-    if loss not in LOSSES:
-        raise ValueError(f"loss={loss!r} is not valid; valid choices are {list(LOSSES)}")
-    c.loss.name = loss
+    c.loss.name = check_choice("loss", loss, LOSSES)
     if loss == "ride":
         return
     # LDAM-DRW's recipe: one expert, no dimension reduction, no nesterov, wd 2e-4; the
@@ -106,11 +104,9 @@ def apply_smoke(c: ml_collections.ConfigDict) -> None:
 
 def parse_small_image_arg(arg, **extra):
     """The ``:args`` of the CIFAR-style recipes: ratio 100|50|10, experts 1..6, loss, smoke."""
-    from ride_jax.configlib import check_choice, parse_arg
     a = parse_arg(arg, ratio=100, experts=3, loss="ride", smoke=False, **extra)
     check_choice("ratio", a.ratio, (100, 50, 10))
     check_choice("experts", a.experts, range(1, 7))
-    check_choice("loss", a.loss, LOSSES)
     return a
 
 

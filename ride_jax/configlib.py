@@ -14,6 +14,11 @@ from typing import Any
 
 import ml_collections
 
+from ride_jax.losses._checks import check_choice  # re-exported for the config files
+
+# The trainer's loss recipes (``config.loss.name``).
+LOSSES = ("ride", "ldam_drw", "ce", "focal")
+
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     """``'ratio=50,smoke'`` -> ConfigDict(ratio=50, smoke=True, <other defaults>).
@@ -50,13 +55,6 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         else:
             out[key] = value
     return ml_collections.ConfigDict(out)
-
-
-def check_choice(name: str, value: Any, choices: Any) -> Any:
-    """``value`` if it is one of ``choices``, else a ValueError naming both."""
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not valid; valid choices are {list(choices)}")
-    return value
 
 
 def load(path: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:

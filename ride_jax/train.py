@@ -36,12 +36,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ride_jax import losses, metrics, optim
 from ride_jax.checkpointing import Checkpointer, abstract_like
+from ride_jax.configlib import LOSSES
 from ride_jax.data import load_cache, load_dataset, make_loader
 from ride_jax.data.base import ArrayDataset
 from ride_jax.data.loader import DATA_AXIS, data_mesh
 from ride_jax.models import create_model
 
-LOSSES = ("ride", "ldam_drw", "ce", "focal")
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 # Keys that do not change the trajectory of a run: a resumed run may change them.
 RUNTIME_KEYS = ("max_steps", "resume_with_different_config", "log_every_steps",
@@ -160,10 +160,6 @@ def make_eval_step(model) -> Callable:
     return eval_fn
 
 
-def _config_for_compare(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS}
-
-
 class _Writer:
     """clu metric writer (stdout + TensorBoard) and an append-only ``metrics.jsonl``."""
 
@@ -259,23 +255,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-    cfg_dict = config.to_dict()
+    cfg = json.loads(config.to_json())      # JSON-able: written, saved, compared
 
     # A workdir holding another config refuses to resume unless told to.
     cfg_path = os.path.join(workdir, "config.json")
     if os.path.exists(cfg_path):
         with open(cfg_path) as f:
             old = json.load(f)
-        if (_config_for_compare(old) != _config_for_compare(json.loads(config.to_json()))
-                and not config.resume_with_different_config):
-            diff = sorted(k for k in set(old) | set(cfg_dict)
-                          if k not in RUNTIME_KEYS and old.get(k) != json.loads(
-                              config.to_json()).get(k))
+        diff = sorted(k for k in set(old) | set(cfg)
+                      if k not in RUNTIME_KEYS and old.get(k) != cfg.get(k))
+        if diff and not config.resume_with_different_config:
             raise ValueError(
                 f"{workdir!r} holds a run with a different config (differs in {diff}); use "
                 "another --workdir, or --config.resume_with_different_config=True")
     if is_main:
-        _write_json(cfg_path, json.loads(config.to_json()))
+        _write_json(cfg_path, cfg)
 
     mesh = data_mesh(devices)
     repl = NamedSharding(mesh, P())
@@ -340,7 +334,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     writer = _Writer(workdir, is_main)
     if step == 0:
-        writer.hparams(cfg_dict)
+        writer.hparams(cfg)
     results_path = os.path.join(workdir, "results.json")
     results = {"best": None, "last": None}
     if os.path.exists(results_path):
@@ -368,7 +362,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         return summary
 
     def save(force: bool = False):
-        ckpt.save(step, state, json.loads(config.to_json()), force=force)
+        ckpt.save(step, state, cfg, force=force)
 
     status = "finished"
     pending: list[tuple[int, dict]] = []
@@ -403,6 +397,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         pending.clear()
         t_last, step_last = now, step
 
+    def should_stop() -> bool:
+        return stop.signum is not None or bool(config.max_steps and step >= config.max_steps)
+
     with _Stop() as stop, jax.set_mesh(mesh):
         try:
             start_epoch, offset = divmod(step, spe)
@@ -413,10 +410,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     pending.append((step - 1, m))
                     if step % config.log_every_steps == 0:
                         flush_metrics()
-                    if stop.signum is not None or (config.max_steps and
-                                                   step >= config.max_steps):
+                    if should_stop():
                         break
-                if stop.signum is not None or (config.max_steps and step >= config.max_steps):
+                if should_stop():
                     flush_metrics()
                     save(force=True)
                     status = ("interrupted" if stop.signum is not None

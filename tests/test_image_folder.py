@@ -15,7 +15,8 @@ from ride_jax.data.image_folder import (GREY_MEAN, image_folder_lt, list_image_f
                                         long_tail_selection)
 
 DATA = pathlib.Path(__file__).parent / "data"
-CIFAR_PACK = pathlib.Path("/work/shared/data/cifar10-jpeg")  # absent in a user's clone
+# ../shared beside the checkout: CI has it, a user's clone does not.
+CIFAR_PACK = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck")
 

@@ -82,8 +82,7 @@ def test_main_end_to_end_synthetic(tmp_path):
     assert dataset["train_counts"] == long_tail_counts(10, 40, 10).tolist()   # 159 images
 
 
-@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist")
-                    and os.environ.get("CI") != "true",
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
                     reason="apt-get install dataset-fashion-mnist (CI installs it)")
 def test_main_on_fashion_mnist_lt(tmp_path):
     """The README's first command, cut to 3 steps (real data, offline)."""

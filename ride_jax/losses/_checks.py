@@ -60,8 +60,8 @@ def _list_entries(indices: np.ndarray, values: np.ndarray) -> str:
     return "{" + ", ".join(pairs) + more + "}"
 
 
-def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
-    """Checks that a string option is one of the allowed values.
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
+    """Checks that an option (a string, a number, ...) is one of the allowed values.
 
     Args:
         name: Argument name used in the error message.
@@ -76,7 +76,11 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
             bad value and lists the valid choices.
     """
     choices = tuple(choices)
-    if not isinstance(value, str) or value not in choices:
+    try:
+        valid = isinstance(value, (str, int, float)) and value in choices
+    except TypeError:  # unhashable or array-like values are never a choice
+        valid = False
+    if not valid:
         raise ValueError(f"{name}={value!r} is not supported; valid choices are {choices!r}")
     return value
 
