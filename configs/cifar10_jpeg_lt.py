@@ -9,7 +9,7 @@
 Arguments: path (a ``train/<class>/NNNN.jpg`` + ``test/...`` folder or zip; default
 ``../shared/data/cifar10-jpeg/cifar10-jpeg.zip`` next to the repository, resolved from
 this file's location), ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal,
-smoke (two epochs on a head class of 100 images and
+stage train|router|distill|crt|eval (as in cifar100_lt.py; router top_k = 10), smoke (two epochs on a head class of 100 images and
 ratio 10, whatever ``ratio`` says).
 
 Dataset ``image_folder_lt`` (``ride_jax.data.image_folder``): classes in sorted folder
@@ -39,4 +39,5 @@ def get_config(arg=None):
     path = os.path.expanduser(a.path)
     return common.small_image_config(
         a, "image_folder_lt", {"path": path, "ratio": float(a.ratio)},
-        {"path": path, "ratio": SMOKE_RATIO, "img_max": SMOKE_IMG_MAX})
+        {"path": path, "ratio": SMOKE_RATIO, "img_max": SMOKE_IMG_MAX},
+        router_top_k=NUM_CLASSES)

@@ -5,7 +5,9 @@
     python -m ride_jax.main --config=configs/cifar10_lt.py:loss=ldam_drw --workdir=...
     python -m ride_jax.main --config=configs/cifar10_lt.py:smoke --workdir=/tmp/c10_smoke
 
-Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal, smoke (two
+Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal, stage
+train|router|distill|crt|eval (as in cifar100_lt.py; the router sees all 10 sorted
+logits, top_k = 10), smoke (two
 epochs on a head class of 200 images and ratio 10, whatever ``ratio`` says: an install
 check).
 
@@ -25,4 +27,5 @@ SMOKE_RATIO = 10.0
 def get_config(arg=None):
     a = common.parse_small_image_arg(arg)
     return common.small_image_config(a, "cifar10_lt", {"ratio": float(a.ratio)},
-                                     {"ratio": SMOKE_RATIO, "img_max": SMOKE_IMG_MAX})
+                                     {"ratio": SMOKE_RATIO, "img_max": SMOKE_IMG_MAX},
+        router_top_k=NUM_CLASSES)

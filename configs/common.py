@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from ride_jax.configlib import LOSSES, check_choice, parse_arg
+from ride_jax.configlib import LOSSES, STAGES, check_choice, parse_arg
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -57,6 +57,28 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.optim.step1 = 160
     c.optim.step2 = 180
     c.optim.gamma = 0.01
+    c.optim.schedule = "custom"      # custom (official CustomLR) | cosine (per epoch, EA/cRT)
+
+    # What the run does (ride_jax.train.STAGES): train (stage 1, from scratch), router
+    # (RIDE-EA stage 2), distill (stage 1 with a teacher), crt (classifier retraining),
+    # eval (evaluate init_from only). All but train and distill start from init_from.
+    c.stage = "train"
+    c.init_from = ""                 # a finished run's workdir
+
+    c.router = ml_collections.ConfigDict()
+    c.router.top_k = 30              # s: top mean-logit values seen (CIFAR-100: 30)
+    c.router.hidden = 16
+    c.router.pos_weight = 100.0      # w_on of the BCE (all official EA configs)
+    c.router.num_buckets = 4         # routed inference: bucket sizes B/n, 2B/n, ..., B
+    c.router.force_all = False       # evaluate with every expert (official force_all)
+
+    c.distill = ml_collections.ConfigDict()
+    c.distill.teacher = ""           # workdir of the teacher run (6 experts, official)
+    c.distill.temperature = 1.5
+    c.distill.factor = 1.0           # kappa (additional_distill_loss_factor)
+    c.distill.teacher_bn = "train"   # train (official quirk: batch statistics) | eval
+
+    c.tau = -1.0                     # >= 0: tau-normalise linear heads before evaluating
 
     c.epochs = 200
     c.max_steps = 0                  # > 0: stop after this many steps (smoke runs)
@@ -84,6 +106,45 @@ def apply_loss_preset(c: ml_collections.ConfigDict, loss: str) -> None:
     c.data.augment = "ldam"
 
 
+def apply_stage(c: ml_collections.ConfigDict, stage: str, *,
+                distill_warmup_epochs: int | None = None) -> None:
+    """The official recipe changes of each stage (ride-spec.md §4.3, §5, §6.2).
+
+    * router: RIDE-EA stage 2: balanced sampler, batch 512, SGD lr 0.01 nesterov wd 5e-4,
+      cosine over 5 epochs, only the router trains (backbone and BN frozen).
+    * distill: a student trained with the teacher's soft targets; the CIFAR recipe
+      warms up over 20 epochs (``distill_warmup_epochs``), the others keep 5.
+    * crt: classifier re-training (Kang et al. 2020; not in the RIDE repo): fresh heads
+      on frozen features, balanced sampler, 10 epochs, cosine from lr 0.05 at batch 128
+      (cRT's 0.2 at batch 512, scaled linearly), wd 5e-4.
+    * eval: no training (``epochs = 0``); ``tau`` and the router apply.
+    """
+    c.stage = check_choice("stage", stage, STAGES)
+    if stage == "router":
+        c.epochs = 5
+        c.data.batch_size = 512
+        c.data.sampler = "balanced"
+        c.optim.lr = 0.01
+        c.optim.momentum = 0.9
+        c.optim.nesterov = True
+        c.optim.weight_decay = 5e-4
+        c.optim.schedule = "cosine"
+        c.optim.warmup_epochs = 0
+        c.checkpoint_every_epochs = 1
+    elif stage == "crt":
+        c.epochs = 10
+        c.data.sampler = "balanced"
+        c.optim.lr = 0.05
+        c.optim.weight_decay = 5e-4
+        c.optim.schedule = "cosine"
+        c.optim.warmup_epochs = 0
+        c.checkpoint_every_epochs = 1
+    elif stage == "eval":
+        c.epochs = 0
+    elif stage == "distill" and distill_warmup_epochs is not None:
+        c.optim.warmup_epochs = distill_warmup_epochs
+
+
 def apply_smoke(c: ml_collections.ConfigDict) -> None:
     """Shrink a recipe to a run of about a minute on a 2-core CPU (install check).
 
@@ -104,14 +165,16 @@ def apply_smoke(c: ml_collections.ConfigDict) -> None:
 
 def parse_small_image_arg(arg, **extra):
     """The ``:args`` of the CIFAR-style recipes: ratio 100|50|10, experts 1..6, loss, smoke."""
-    a = parse_arg(arg, ratio=100, experts=3, loss="ride", smoke=False, **extra)
+    a = parse_arg(arg, ratio=100, experts=3, loss="ride", smoke=False, stage="train",
+                  **extra)
     check_choice("ratio", a.ratio, (100, 50, 10))
+    check_choice("stage", a.stage, STAGES)
     check_choice("experts", a.experts, range(1, 7))
     return a
 
 
-def small_image_config(a, dataset: str, args: dict, smoke_args: dict
-                       ) -> ml_collections.ConfigDict:
+def small_image_config(a, dataset: str, args: dict, smoke_args: dict, *,
+                       router_top_k: int = 30) -> ml_collections.ConfigDict:
     """A locked CIFAR-style recipe on ``dataset`` (``a`` from :func:`parse_small_image_arg`)."""
     c = get_base_config()
     c.dataset.name = dataset
@@ -119,8 +182,14 @@ def small_image_config(a, dataset: str, args: dict, smoke_args: dict
     apply_loss_preset(c, a.loss)
     if a.loss == "ride":
         c.model.num_experts = a.experts
+    c.router.top_k = router_top_k
+    apply_stage(c, a.stage, distill_warmup_epochs=20)   # the official CIFAR distill
     if a.smoke:
         apply_smoke(c)
         c.dataset.args = smoke_args
+        if a.stage in ("router", "crt"):
+            c.data.batch_size = 64
+        elif a.stage == "eval":
+            c.epochs = 0
     c.lock()
     return c

@@ -5,7 +5,9 @@
     python -m ride_jax.main --config=configs/fashion_mnist_lt.py:loss=ldam_drw --workdir=...
     python -m ride_jax.main --config=configs/fashion_mnist_lt.py:smoke --workdir=/tmp/fm_smoke
 
-Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal, smoke (two
+Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal, img_max (head
+class size, default 6000 = all of Fashion-MNIST; 500 gives few-shot classes), stage
+train|router|distill|crt|eval, smoke (two
 epochs on a head class of 200 images and ratio 10, whatever ``ratio`` says, read with
 the NumPy backend: about a minute on a 2-core CPU).
 
@@ -26,9 +28,10 @@ SMOKE_RATIO = 10.0
 
 
 def get_config(arg=None):
-    a = common.parse_small_image_arg(arg)
+    a = common.parse_small_image_arg(arg, img_max=6000)
     # smoke: the NumPy reader gives the same arrays without TensorFlow or tfds' one-time
     # preparation (~30 s).
     return common.small_image_config(
-        a, "fashion_mnist_lt", {"ratio": float(a.ratio), "img_max": 6000.0},
-        {"ratio": SMOKE_RATIO, "img_max": SMOKE_IMG_MAX, "backend": "idx"})
+        a, "fashion_mnist_lt", {"ratio": float(a.ratio), "img_max": float(a.img_max)},
+        {"ratio": SMOKE_RATIO, "img_max": SMOKE_IMG_MAX, "backend": "idx"},
+        router_top_k=NUM_CLASSES)

@@ -6,7 +6,9 @@
     python -m ride_jax.main --config=configs/imagenet_lt.py:data_dir=/data/tfds --workdir=...
 
 Arguments: backbone r10|r50|rx50 (RIDE ResNet-10 | ResNet-50 | ResNeXt-50 32x4d; default
-r50), experts 1..6 (default 3), loss ride|ldam_drw|ce|focal, data_dir (tfds data folder;
+r50), experts 1..6 (default 3), loss ride|ldam_drw|ce|focal, stage
+train|router|distill|crt|eval (``configs/common.py``: ``apply_stage``), data_dir (tfds
+data folder;
 default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``). No smoke variant: the data
 cannot be had offline (use configs/cifar100_lt.py:smoke to check an install).
 
@@ -32,7 +34,7 @@ BACKBONES = {"r10": "resnet10", "r50": "resnet50", "rx50": "resnext50"}
 
 
 def apply_imagenet_recipe(c, *, backbone, experts, loss, batch_size=256, lr=0.1,
-                          reweight_factor=0.02):
+                          reweight_factor=0.02, stage="train"):
     """The RIDE ImageNet-LT / iNat stage-1 recipe on ``c`` (ride-spec.md §6.2).
 
     Used by imagenet_lt.py, inat2018.py and places_lt.py.
@@ -61,13 +63,19 @@ def apply_imagenet_recipe(c, *, backbone, experts, loss, batch_size=256, lr=0.1,
     # RIDE runs no validation on these datasets; evaluating the big test set every
     # epoch would cost time for nothing (the test set does not steer training).
     c.eval_every_epochs = 5
+    # RIDE-EA top_choices_num: 30 for ResNet-10, 50 for ResNet-50 / ResNeXt-50 (and iNat).
+    c.router.top_k = 30 if backbone == "r10" else 50
+    common.apply_stage(c, stage)
+    if stage in ("router", "crt", "eval"):
+        c.eval_every_epochs = 1
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, backbone="r50", experts=3, loss="ride", data_dir="")
+    a = parse_arg(arg, backbone="r50", experts=3, loss="ride", data_dir="", stage="train")
     c = common.get_base_config()
     c.dataset.name = "imagenet_lt"
     c.dataset.args = {"data_dir": a.data_dir} if a.data_dir else {}
-    apply_imagenet_recipe(c, backbone=a.backbone, experts=a.experts, loss=a.loss)
+    apply_imagenet_recipe(c, backbone=a.backbone, experts=a.experts, loss=a.loss,
+                          stage=a.stage)
     c.lock()
     return c

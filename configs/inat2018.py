@@ -4,7 +4,8 @@
     python -m ride_jax.main --config=configs/inat2018.py:experts=4 --workdir=...
     python -m ride_jax.main --config=configs/inat2018.py:data_dir=/data/tfds --workdir=...
 
-Arguments: experts 1..6 (default 3), loss ride|ldam_drw|ce|focal, backbone r50 (official;
+Arguments: experts 1..6 (default 3), loss ride|ldam_drw|ce|focal, stage
+train|router|distill|crt|eval, backbone r50 (official;
 r10|rx50 also accepted), data_dir (tfds data folder; default ``$TFDS_DATA_DIR`` or
 ``~/tensorflow_datasets``). No smoke variant: the data cannot be had offline.
 
@@ -28,11 +29,11 @@ NUM_CLASSES = 8142
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, backbone="r50", experts=3, loss="ride", data_dir="")
+    a = parse_arg(arg, backbone="r50", experts=3, loss="ride", data_dir="", stage="train")
     c = common.get_base_config()
     c.dataset.name = "inat2018"
     c.dataset.args = {"data_dir": a.data_dir} if a.data_dir else {}
     apply_imagenet_recipe(c, backbone=a.backbone, experts=a.experts, loss=a.loss,
-                          batch_size=512, lr=0.2, reweight_factor=0.015)
+                          batch_size=512, lr=0.2, reweight_factor=0.015, stage=a.stage)
     c.lock()
     return c

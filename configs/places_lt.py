@@ -5,7 +5,7 @@
     python -m ride_jax.main --config=configs/places_lt.py:backbone=rx50,experts=4 --workdir=...
 
 Arguments: backbone r10|r50|rx50 (default r50), experts 1..6 (default 3), loss
-ride|ldam_drw|ce|focal, image_root (the Places365-Standard "easy format" folder: the
+ride|ldam_drw|ce|focal, stage train|router|distill|crt|eval, image_root (the Places365-Standard "easy format" folder: the
 most faithful and fastest source), data_dir (tfds data folder for ``places365_small``,
 used when image_root is not given). No smoke variant: the data cannot be had offline.
 
@@ -32,7 +32,8 @@ NUM_CLASSES = 365
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, backbone="r50", experts=3, loss="ride", image_root="", data_dir="")
+    a = parse_arg(arg, backbone="r50", experts=3, loss="ride", image_root="", data_dir="",
+                  stage="train")
     c = common.get_base_config()
     c.dataset.name = "places_lt"
     args = {}
@@ -41,6 +42,7 @@ def get_config(arg=None):
     if a.data_dir:
         args["data_dir"] = a.data_dir
     c.dataset.args = args
-    apply_imagenet_recipe(c, backbone=a.backbone, experts=a.experts, loss=a.loss)
+    apply_imagenet_recipe(c, backbone=a.backbone, experts=a.experts, loss=a.loss,
+                          stage=a.stage)
     c.lock()
     return c

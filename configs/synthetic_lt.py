@@ -3,8 +3,9 @@
     python -m ride_jax.main --config=configs/synthetic_lt.py:smoke --workdir=runs/synthetic
     python -m ride_jax.main --config=configs/synthetic_lt.py:experts=2,loss=ldam_drw --workdir=...
 
-Arguments: experts 1..6, loss ride|ldam_drw|ce|focal, smoke (16x16 images, 2 epochs of
-a few steps: seconds after compilation).
+Arguments: experts 1..6, loss ride|ldam_drw|ce|focal, stage
+train|router|distill|crt|eval (``configs/common.py``: ``apply_stage``), smoke (16x16
+images, 2 epochs of a few steps: seconds after compilation).
 """
 
 from ride_jax.configlib import check_choice, parse_arg
@@ -13,7 +14,7 @@ from configs import common
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, experts=3, loss="ride", smoke=False)
+    a = parse_arg(arg, experts=3, loss="ride", smoke=False, stage="train")
     check_choice("experts", a.experts, range(1, 7))
     c = common.get_base_config()
     c.dataset.name = "synthetic_lt"
@@ -22,8 +23,11 @@ def get_config(arg=None):
     common.apply_loss_preset(c, a.loss)
     if a.loss == "ride":
         c.model.num_experts = a.experts
+    c.router.top_k = 10                     # = the number of classes
+    common.apply_stage(c, a.stage, distill_warmup_epochs=20)   # CIFAR-style
     if a.smoke:
         common.apply_smoke(c)
+        c.epochs = 0 if a.stage == "eval" else c.epochs
         c.dataset.args.update({"img_max": 40, "ratio": 10.0, "image_size": 16,
                                "test_per_class": 8})
         c.data.batch_size = 32

@@ -18,6 +18,8 @@ from ride_jax.losses._checks import check_choice  # re-exported for the config f
 
 # The trainer's loss recipes (``config.loss.name``).
 LOSSES = ("ride", "ldam_drw", "ce", "focal")
+# What a run does (``config.stage``; see ``configs/common.py``'s ``apply_stage``).
+STAGES = ("train", "router", "distill", "crt", "eval")
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:

@@ -90,15 +90,19 @@ class ModelMacs:
         return float(sum(p * self.with_experts(k + 1) for k, p in enumerate(usage)))
 
 
-def model_macs(model: RIDEModel, image_size: int | None = None) -> ModelMacs:
-    """Counts conv+linear MACs per ``image_size`` x ``image_size`` image.
+def model_macs(model: RIDEModel, image_size: int | None = None, *,
+               image_shape: Sequence[int] | None = None) -> ModelMacs:
+    """Counts conv+linear MACs per ``image_size`` x ``image_size`` RGB image.
 
     Args:
       model: a ``RIDEModel`` (``ride_jax.models.create_model``).
       image_size: input side (default 32 for ``resnet32``, 224 otherwise).
+      image_shape: ``(H, W, channels)`` instead (e.g. ``(28, 28, 1)`` for Fashion-MNIST).
     """
-    size = image_size or model.default_image_size
-    images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    if image_shape is None:
+        size = image_size or model.default_image_size
+        image_shape = (size, size, 3)
+    images = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), images)
     trunk_vars = {c: t["trunk"] for c, t in variables.items()}
     expert_vars = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
@@ -117,3 +121,26 @@ def model_macs(model: RIDEModel, image_size: int | None = None) -> ModelMacs:
     head = expert_vars["params"]["linear"]["kernel"].shape  # (D, C)
     return ModelMacs(shared=shared, per_expert=per_expert, heads=head[0] * head[1],
                      num_experts=model.num_experts)
+
+
+def routed_macs(macs: ModelMacs, router_macs: int, usage: Sequence[float]) -> dict:
+    """Expected MACs per image of routed (RIDE-EA) inference, routers included.
+
+    An image that used exactly ``k`` experts ran the trunk, ``k`` experts (heads
+    included) and ``min(k, E - 1)`` router parts (the last one it reached said stop,
+    unless ``k == E``).
+
+    Args:
+      macs: :func:`model_macs` of the network.
+      router_macs: MACs of one router part (``Router.macs``).
+      usage: ``[E]`` fractions of images that used exactly 1..E experts.
+
+    Returns:
+      ``{'expected': float, 'per_k': [E] ints, 'all_experts': int}`` where
+      ``all_experts`` is the plain network with every expert and no router.
+    """
+    e = macs.num_experts
+    per_k = [macs.with_experts(k) + min(k, e - 1) * router_macs for k in range(1, e + 1)]
+    macs.expected(usage)                      # validates usage
+    return {"expected": float(sum(p * m for p, m in zip(usage, per_k))), "per_k": per_k,
+            "all_experts": macs.total}

@@ -21,7 +21,8 @@ from ride_jax.data.long_tail import shot_masks
 
 
 def eval_counts(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None,
-                expert_logits: jax.Array | None = None, loss: jax.Array | None = None
+                expert_logits: jax.Array | None = None, loss: jax.Array | None = None,
+                num_used: jax.Array | None = None, num_experts: int | None = None
                 ) -> dict[str, jax.Array]:
     """Per-class sums of one batch.
 
@@ -31,10 +32,13 @@ def eval_counts(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = N
       mask: ``[B]`` bool, False on padding (default all True).
       expert_logits: ``[E, B, C]`` optional per-expert logits.
       loss: ``[B]`` optional per-example loss.
+      num_used: ``[B]`` int, experts each example used (routed inference, 1..E).
+      num_experts: E, required with ``num_used``.
 
     Returns:
       ``{'count': [C], 'correct': [C], 'correct_top5': [C]}`` float32, plus
-      ``'expert_correct': [E, C]`` and ``'loss_sum': []`` when given.
+      ``'expert_correct': [E, C]``, ``'loss_sum': []`` and ``'usage': [E, C]`` (examples
+      of class c that used exactly k + 1 experts) when given.
     """
     num_classes = logits.shape[-1]
     w = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
@@ -48,6 +52,11 @@ def eval_counts(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = N
         out["expert_correct"] = ehit @ onehot
     if loss is not None:
         out["loss_sum"] = jnp.sum(loss * w)
+    if num_used is not None:
+        if num_experts is None:
+            raise ValueError("num_used needs num_experts")
+        used = jax.nn.one_hot(num_used - 1, num_experts, dtype=jnp.float32)
+        out["usage"] = used.T @ onehot
     return out
 
 
@@ -62,7 +71,9 @@ def summarize(counts: dict[str, Any], train_counts: Any) -> dict[str, Any]:
     Returns:
       ``{'accuracy', 'top5', 'class_mean_accuracy', 'many', 'medium', 'few' (None for an
       empty group), 'per_class': [C] list, 'num_examples', 'loss' (if summed),
-      'expert_accuracy': [E] list (if given)}``. A class without test examples has
+      'expert_accuracy': [E] list (if given), 'experts_used' (routed inference: for
+      'all' and each shot group, the fractions of examples that used exactly 1..E
+      experts) and 'mean_experts'}``. A class without test examples has
       accuracy NaN and is left out of the means.
     """
     c = {k: np.asarray(jax.device_get(v), np.float64) for k, v in counts.items()}
@@ -87,4 +98,11 @@ def summarize(counts: dict[str, Any], train_counts: Any) -> dict[str, Any]:
         out["expert_accuracy"] = [float(v) for v in c["expert_correct"].sum(-1) / total]
     if "loss_sum" in c:
         out["loss"] = float(c["loss_sum"] / total)
+    if "usage" in c:
+        usage = c["usage"]                                  # [E, C]
+        used = {"all": usage.sum(-1)}
+        used.update({name: usage[:, m].sum(-1) for name, m in groups.items()})
+        out["experts_used"] = {k: ([float(x) for x in v / v.sum()] if v.sum() else None)
+                               for k, v in used.items()}
+        out["mean_experts"] = float(np.arange(1, len(usage) + 1) @ used["all"] / total)
     return out

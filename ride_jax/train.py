@@ -34,19 +34,27 @@ import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ride_jax import losses, metrics, optim
+from ride_jax import flops, losses, metrics, optim
 from ride_jax.checkpointing import Checkpointer, abstract_like
-from ride_jax.configlib import LOSSES
+from ride_jax.configlib import LOSSES, STAGES
 from ride_jax.data import load_cache, load_dataset, make_loader
 from ride_jax.data.base import ArrayDataset
 from ride_jax.data.loader import DATA_AXIS, data_mesh
-from ride_jax.models import create_model
+from ride_jax.models import create_model, make_router, routed_apply, tau_normalize
 
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 # Keys that do not change the trajectory of a run: a resumed run may change them.
 RUNTIME_KEYS = ("max_steps", "resume_with_different_config", "log_every_steps",
                 "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints",
                 "distributed")
+# What each stage trains: None = every parameter, else these subtrees of ``params``
+# (the rest is frozen: no gradient, no weight decay, BatchNorm in inference mode).
+TRAINABLE = {"train": None, "distill": None, "router": (("router",),),
+             "crt": (("experts", "linear"),), "eval": ()}
+# Stages that start from ``config.init_from`` (a finished run's workdir).
+FROM_INIT = ("router", "crt", "eval")
+# Model settings a stage started from ``init_from`` (or a teacher) must share with it.
+MODEL_KEYS = ("arch", "num_experts", "reduce_dimension", "use_norm", "scale")
 
 
 # ------------------------------------------------------------------------------ pieces
@@ -58,10 +66,26 @@ def build_dataset(config: ml_collections.ConfigDict):
     return load_dataset(config.dataset.name, **config.dataset.args.to_dict())
 
 
-def make_loss_fn(loss_cfg: ml_collections.ConfigDict, train_counts: Any, scale: float
-                 ) -> Callable:
-    """``(outputs, labels, epoch) -> (loss, aux)``; ``epoch`` is the traced 1-indexed epoch."""
+def make_loss_fn(loss_cfg: ml_collections.ConfigDict, train_counts: Any, scale: float,
+                 *, stage: str = "train", pos_weight: float = 100.0,
+                 distill: ml_collections.ConfigDict | None = None) -> Callable:
+    """``(outputs, labels, epoch) -> (loss, aux)``; ``epoch`` is the traced 1-indexed epoch.
+
+    ``stage='router'``: the RIDE-EA router loss on ``outputs['router_logits']`` (weighted
+    BCE, ``pos_weight``); ``stage='distill'``: the RIDE loss with self-distillation from
+    ``outputs['teacher_logits']`` (``distill.temperature``, ``distill.factor``).
+    """
     name = losses.check_choice("loss.name", loss_cfg.name, LOSSES)
+    if stage == "router":
+        def router_loss(outputs, labels, epoch):
+            targets = losses.routing_targets(outputs["expert_logits"].astype(jnp.float32),
+                                             labels)
+            return losses.routing_loss(outputs["router_logits"].astype(jnp.float32),
+                                       targets, pos_weight), {}
+        return router_loss
+    if stage == "distill" and name != "ride":
+        raise ValueError(f"stage 'distill' trains with the RIDE loss (official "
+                         f"RIDELossWithDistill); loss.name is {name!r}")
     active = losses.ride_class_vectors(
         train_counts, max_margin=loss_cfg.max_margin, beta=loss_cfg.drw_beta,
         reweight_factor=loss_cfg.reweight_factor, base_temperature=loss_cfg.base_temperature,
@@ -72,12 +96,19 @@ def make_loss_fn(loss_cfg: ml_collections.ConfigDict, train_counts: Any, scale: 
                                           loss_cfg.base_temperature)
         logits = outputs["logits"].astype(jnp.float32)
         if name == "ride":
-            return losses.ride_loss(
-                outputs["expert_logits"].astype(jnp.float32), labels,
+            kwargs = dict(
                 diversity_factor=loss_cfg.diversity_factor, margins=vec.margins,
                 class_weights=vec.class_weights, temperatures=vec.temperatures, scale=scale,
                 base_temperature=loss_cfg.base_temperature,
                 base_loss_factor=loss_cfg.base_loss_factor)
+            if stage == "distill":
+                return losses.ride_distill_loss(
+                    outputs["expert_logits"].astype(jnp.float32), labels,
+                    outputs["teacher_logits"].astype(jnp.float32),
+                    distill_temperature=distill.temperature, distill_factor=distill.factor,
+                    **kwargs)
+            return losses.ride_loss(outputs["expert_logits"].astype(jnp.float32), labels,
+                                    **kwargs)
         if name == "ldam_drw":
             return losses.ldam_loss(logits, labels, vec.margins, scale,
                                     class_weights=vec.class_weights), {}
@@ -115,6 +146,12 @@ class StreamLoader:
         return self.dataset.eval_iterator(self.eval_batch_size, mesh=self.mesh)
 
 
+def _model_from(m: ml_collections.ConfigDict, num_classes: int):
+    return create_model(m.arch, num_classes=num_classes, num_experts=m.num_experts,
+                        reduce_dimension=m.reduce_dimension, use_norm=m.use_norm,
+                        scale=m.scale, expert_impl=m.expert_impl, dtype=DTYPES[m.dtype])
+
+
 def create_state(model, tx, rng: jax.Array, sample_images: jax.Array) -> dict[str, Any]:
     """The initial train state (pure: a function of ``rng`` and the shapes)."""
     init_rng, rng = jax.random.split(rng)
@@ -124,22 +161,95 @@ def create_state(model, tx, rng: jax.Array, sample_images: jax.Array) -> dict[st
             "rng": rng}
 
 
-def make_train_step(model, tx, loss_fn, schedule, steps_per_epoch: int) -> Callable:
-    """``(state, batch) -> (state, metrics)``, pure; metrics are per-step scalars."""
+def take_params(params: dict, paths) -> dict:
+    """The trainable part of ``params``: all of it (``paths=None``) or ``{'a/b': subtree}``."""
+    if paths is None:
+        return params
+    return {"/".join(p): _get(params, p) for p in paths}
 
-    def step_fn(state, batch):
+
+def put_params(params: dict, part: dict, paths) -> dict:
+    """``params`` with the trainable part replaced by ``part`` (inverse of take_params)."""
+    if paths is None:
+        return part
+    for p in paths:
+        params = _set(params, p, part["/".join(p)])
+    return params
+
+
+def _get(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _set(tree, path, value):
+    if not path:
+        return value
+    return {**tree, path[0]: _set(tree[path[0]], path[1:], value)}
+
+
+def make_forward(model, *, bn_train: bool = True, router=None, teacher=None,
+                 teacher_bn_train: bool = True) -> Callable:
+    """``(params, batch_stats, images, consts) -> (outputs, new_batch_stats)``.
+
+    Args:
+      model: the network.
+      bn_train: batch statistics and running-stat updates (stage 1) or a frozen network
+        in inference mode (router, cRT: statistics unchanged).
+      router: a :class:`~ride_jax.models.Router`: adds ``outputs['router_logits']``
+        ``[B, E-1]`` (every expert runs, as in official EA training).
+      teacher: the teacher network of self-distillation; its variables come in
+        ``consts['teacher']`` and ``outputs['teacher_logits']`` is its mean logits
+        (no gradient). The official teacher runs BatchNorm in training mode.
+      teacher_bn_train: that quirk (True, official) or inference mode.
+    """
+
+    def forward(params, batch_stats, images, consts):
+        variables = {"params": params, "batch_stats": batch_stats}
+        if bn_train:
+            out, new = model.apply(variables, images, train=True)
+            new_stats = new["batch_stats"]
+        else:
+            out, new_stats = model.apply(variables, images, train=False), batch_stats
+        if router is not None:
+            out = dict(out, router_logits=router.all_logits(
+                params["router"], out["expert_logits"], out["features"]))
+        if teacher is not None:
+            t = teacher.apply(consts["teacher"], images, train=teacher_bn_train)
+            t = t[0] if teacher_bn_train else t
+            out = dict(out, teacher_logits=jax.lax.stop_gradient(t["logits"]))
+        return out, new_stats
+    return forward
+
+
+def make_train_step(model, tx, loss_fn, schedule, steps_per_epoch: int, *,
+                    forward: Callable | None = None, trainable=None) -> Callable:
+    """``(state, batch, consts=None) -> (state, metrics)``, pure; metrics are scalars.
+
+    Args:
+      forward: :func:`make_forward`'s function (default: the network in training mode).
+      trainable: ``None`` (every parameter trains) or the paths of the subtrees that do
+        (:data:`TRAINABLE`); ``tx`` and ``state['opt_state']`` cover only those.
+      consts: arrays the step reads but never changes (the distillation teacher).
+    """
+    forward = forward or make_forward(model)
+
+    def step_fn(state, batch, consts=None):
         epoch = state["step"] // steps_per_epoch + 1
+        part = take_params(state["params"], trainable)
 
-        def objective(params):
-            out, new = model.apply({"params": params, "batch_stats": state["batch_stats"]},
-                                   batch["image"], train=True)
+        def objective(part):
+            params = put_params(state["params"], part, trainable)
+            out, batch_stats = forward(params, state["batch_stats"], batch["image"], consts)
             loss, _ = loss_fn(out, batch["label"], epoch)
-            return loss, (new["batch_stats"], out["logits"])
+            return loss, (batch_stats, out["logits"])
 
         (loss, (batch_stats, logits)), grads = jax.value_and_grad(
-            objective, has_aux=True)(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        new_state = {"params": optax.apply_updates(state["params"], updates),
+            objective, has_aux=True)(part)
+        updates, opt_state = tx.update(grads, state["opt_state"], part)
+        params = put_params(state["params"], optax.apply_updates(part, updates), trainable)
+        new_state = {"params": params,
                      "batch_stats": batch_stats, "opt_state": opt_state,
                      "step": state["step"] + 1, "rng": state["rng"]}
         acc = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
@@ -147,17 +257,100 @@ def make_train_step(model, tx, loss_fn, schedule, steps_per_epoch: int) -> Calla
     return step_fn
 
 
-def make_eval_step(model) -> Callable:
-    """``(state, batch) -> eval_counts`` (masked sums, see :mod:`ride_jax.metrics`)."""
+def make_eval_step(model, *, tau: float = -1.0, router=None, mesh=None,
+                   num_buckets: int = 4, force_all: bool = False) -> Callable:
+    """``(state, batch) -> eval_counts`` (masked sums, see :mod:`ride_jax.metrics`).
+
+    Args:
+      tau: >= 0: evaluate with tau-normalised linear heads (:func:`tau_normalize`).
+      router: evaluate with routed inference (:func:`routed_apply`, run per device
+        shard over ``mesh``); the counts then hold the experts used (``'usage'``) and,
+        under ``'all_experts'``, the counts of the same network with every expert.
+      num_buckets, force_all: see :func:`routed_apply`.
+    """
 
     def eval_fn(state, batch):
-        out = model.apply({"params": state["params"], "batch_stats": state["batch_stats"]},
-                          batch["image"], train=False)
+        variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+        if tau >= 0:
+            variables = tau_normalize(variables, tau)
+        out = model.apply(variables, batch["image"], train=False)
         logits = out["logits"].astype(jnp.float32)
+        extra = {}
+        if router is not None:
+            def routed(variables, images):
+                r = routed_apply(model, router, variables, images,
+                                 num_buckets=num_buckets, force_all=force_all)
+                return r["logits"], r["num_experts"]
+            if mesh is not None:
+                routed = jax.shard_map(routed, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
+                                       out_specs=(P(DATA_AXIS), P(DATA_AXIS)),
+                                       check_vma=False)   # lax.switch branches differ
+            all_logits = logits
+            logits, used = routed(variables, batch["image"])
+            logits = logits.astype(jnp.float32)
+            extra = {"num_used": used, "num_experts": model.num_experts}
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-        return metrics.eval_counts(logits, batch["label"], batch.get("mask"),
-                                   out["expert_logits"].astype(jnp.float32), loss)
+        counts = metrics.eval_counts(logits, batch["label"], batch.get("mask"),
+                                     out["expert_logits"].astype(jnp.float32), loss, **extra)
+        if router is not None:
+            counts["all_experts"] = metrics.eval_counts(all_logits, batch["label"],
+                                                        batch.get("mask"))
+        return counts
     return eval_fn
+
+
+def load_run(workdir: str) -> tuple[dict, dict, dict | None]:
+    """``(config, variables, dataset_info)`` of the newest checkpoint of a run.
+
+    Args:
+      workdir: a run's workdir (or its ``checkpoints`` folder).
+
+    Returns:
+      The run's config (JSON dict), ``{'params', 'batch_stats'}`` as host arrays and its
+      ``dataset.json`` (None if absent).
+    """
+    workdir = os.path.abspath(workdir)
+    if os.path.basename(workdir) == "checkpoints":
+        workdir = os.path.dirname(workdir)
+    ckdir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckdir) or not os.listdir(ckdir):
+        raise FileNotFoundError(f"{workdir!r} holds no checkpoint: give the workdir of a "
+                                "finished run (its checkpoints/ folder is read)")
+    ckpt = Checkpointer(workdir, asynchronous=False)
+    try:
+        state, cfg = ckpt.read()
+        step = ckpt.latest_step()
+    finally:
+        ckpt.close()
+    info = None
+    if os.path.exists(os.path.join(workdir, "dataset.json")):
+        with open(os.path.join(workdir, "dataset.json")) as f:
+            info = json.load(f)
+    logging.info("loaded step %d of %s", step, workdir)
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    return cfg, jax.device_get(variables), info
+
+
+def _check_same_model(config: ml_collections.ConfigDict, other: dict, what: str,
+                      keys=MODEL_KEYS) -> None:
+    diff = {k: (other["model"].get(k), config.model[k]) for k in keys
+            if other["model"].get(k) != config.model[k]}
+    if diff:
+        detail = ", ".join(f"model.{k}={a!r} there but {b!r} here" for k, (a, b) in diff.items())
+        raise ValueError(f"{what} has another network: {detail}; use the same settings "
+                         f"(e.g. --config.model.num_experts=...)")
+
+
+def _check_same_data(dataset, info: dict | None, what: str) -> None:
+    if info is None:
+        return
+    if info.get("num_classes") != dataset.num_classes:
+        raise ValueError(f"{what} was trained on {info.get('num_classes')} classes, this "
+                         f"dataset has {dataset.num_classes}")
+    mine = dataset.describe().get("fingerprint")
+    if info.get("fingerprint") and mine and info["fingerprint"] != mine:
+        logging.warning("%s was trained on another training subset (fingerprint %s, here "
+                        "%s)", what, info["fingerprint"][:16], mine[:16])
 
 
 class _Writer:
@@ -295,42 +488,104 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     spe = loader.steps_per_epoch
     total_steps = config.epochs * spe
 
-    model = create_model(config.model.arch, num_classes=dataset.num_classes,
-                         num_experts=config.model.num_experts,
-                         reduce_dimension=config.model.reduce_dimension,
-                         use_norm=config.model.use_norm, scale=config.model.scale,
-                         expert_impl=config.model.expert_impl,
-                         dtype=DTYPES[config.model.dtype])
+    stage = losses.check_choice("stage", config.stage, STAGES)
+    model = _model_from(config.model, dataset.num_classes)
+    sample = jnp.zeros((1,) + dataset.image_shape, jnp.float32)
+
+    loaded = None
+    if stage in FROM_INIT:
+        if not config.init_from:
+            raise ValueError(f"stage {stage!r} starts from a trained run: set "
+                             "--config.init_from=<its workdir>")
+        init_cfg, loaded, init_info = load_run(config.init_from)
+        _check_same_model(config, init_cfg, f"init_from {config.init_from!r}")
+        _check_same_data(dataset, init_info, f"init_from {config.init_from!r}")
+    elif config.init_from:
+        raise ValueError(f"init_from is for the stages {FROM_INIT}; stage {stage!r} "
+                         "trains from scratch")
+    router = None
+    if stage == "router" or (loaded is not None and "router" in loaded["params"]):
+        if model.num_experts < 2:
+            raise ValueError("stage 'router' needs a model with >= 2 experts, this one has "
+                             f"{model.num_experts}")
+        router = make_router(model, dataset.image_shape, top_k=config.router.top_k,
+                             hidden=config.router.hidden)
+    if config.tau >= 0 and config.model.use_norm:
+        raise ValueError(f"tau={config.tau}: tau-normalisation applies to linear heads "
+                         "(model.use_norm=False); this model has cosine heads")
+    teacher, consts = None, None
+    if stage == "distill":
+        if not config.distill.teacher:
+            raise ValueError("stage 'distill' needs a teacher: set "
+                             "--config.distill.teacher=<workdir of a trained teacher run>")
+        losses.check_choice("distill.teacher_bn", config.distill.teacher_bn,
+                            ("train", "eval"))
+        t_cfg, t_vars, t_info = load_run(config.distill.teacher)
+        _check_same_data(dataset, t_info, f"teacher {config.distill.teacher!r}")
+        teacher = _model_from(ml_collections.ConfigDict(t_cfg["model"]), dataset.num_classes)
+        consts = {"teacher": jax.device_put(t_vars, repl)}
+    elif config.distill.teacher:
+        raise ValueError(f"distill.teacher is only used by stage 'distill', not {stage!r}")
+
     o = config.optim
-    schedule = optim.custom_lr_schedule(o.lr, spe, warmup_epochs=o.warmup_epochs,
-                                        step1=o.step1, step2=o.step2, gamma=o.gamma)
+    losses.check_choice("optim.schedule", o.schedule, ("custom", "cosine"))
+    if o.schedule == "cosine":
+        schedule = optim.cosine_epoch_schedule(o.lr, spe, max(config.epochs, 1))
+    else:
+        schedule = optim.custom_lr_schedule(o.lr, spe, warmup_epochs=o.warmup_epochs,
+                                            step1=o.step1, step2=o.step2, gamma=o.gamma)
     tx = optim.make_optimizer(schedule, weight_decay=o.weight_decay, momentum=o.momentum,
                               nesterov=o.nesterov)
-    loss_fn = make_loss_fn(config.loss, train_counts, config.model.scale)
+    loss_fn = make_loss_fn(config.loss, train_counts, config.model.scale, stage=stage,
+                           pos_weight=config.router.pos_weight, distill=config.distill)
+    trainable = TRAINABLE[stage]
+    forward = make_forward(model, bn_train=stage in ("train", "distill"),
+                           router=router if stage == "router" else None, teacher=teacher,
+                           teacher_bn_train=config.distill.teacher_bn == "train")
 
-    sample = jnp.zeros((1,) + dataset.image_shape, jnp.float32)
-    init = jax.jit(lambda rng: create_state(model, tx, rng, sample), out_shardings=repl)
+    def init_fn(rng, loaded):
+        if loaded is None:
+            return create_state(model, tx, rng, sample)
+        init_rng, rng = jax.random.split(rng)
+        fresh = model.init(init_rng, sample)["params"]
+        params = dict(loaded["params"])
+        if stage == "crt":      # cRT: fresh classifier heads on the trained features
+            params["experts"] = dict(params["experts"], linear=fresh["experts"]["linear"])
+        if router is not None and "router" not in params:
+            params["router"] = router.init_params(jax.random.fold_in(init_rng, 1))
+        return {"params": params, "batch_stats": loaded["batch_stats"],
+                "opt_state": tx.init(take_params(params, trainable)),
+                "step": jnp.zeros((), jnp.int32), "rng": rng}
+
+    init = jax.jit(init_fn, out_shardings=repl)
     rng = jax.random.key(config.seed)
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
     if ckpt.latest_step() is not None:
-        abstract = abstract_like(jax.eval_shape(init, rng), repl)
+        abstract = abstract_like(jax.eval_shape(init, rng, loaded), repl)
         state, _ = ckpt.restore(abstract)
         logging.info("resumed from step %d in %s", int(state["step"]), ckpt.directory)
     else:
-        state = init(rng)
+        state = init(rng, loaded)
         if is_main:
             try:
                 from clu import parameter_overview
-                parameter_overview.log_parameter_overview(state["params"])
+                parameter_overview.log_parameter_overview(
+                    take_params(state["params"], trainable))
             except Exception:  # pragma: no cover - logging only
                 pass
     step = int(jax.device_get(state["step"]))
 
-    train_step = jax.jit(make_train_step(model, tx, loss_fn, schedule, spe),
-                         in_shardings=(repl, batch_sh), out_shardings=(repl, repl),
+    train_step = jax.jit(make_train_step(model, tx, loss_fn, schedule, spe, forward=forward,
+                                         trainable=trainable),
+                         in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl),
                          donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(model), in_shardings=(repl, batch_sh),
-                        out_shardings=repl)
+    eval_step = jax.jit(make_eval_step(model, tau=config.tau, router=router, mesh=mesh,
+                                       num_buckets=config.router.num_buckets,
+                                       force_all=config.router.force_all),
+                        in_shardings=(repl, batch_sh), out_shardings=repl)
+    macs = None
+    if router is not None:
+        macs = (flops.model_macs(model, image_shape=dataset.image_shape), router.macs)
 
     writer = _Writer(workdir, is_main)
     if step == 0:
@@ -345,13 +600,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         counts = None
         for batch in loader.eval_batches():
             counts = metrics.add_counts(counts, eval_step(state, batch))
+        all_experts = counts.pop("all_experts", None)
         summary = metrics.summarize(counts, train_counts)
         summary.update(epoch=epoch, step=step)
+        if all_experts is not None:      # routed inference: compute and the comparison
+            full = metrics.summarize(all_experts, train_counts)
+            summary["all_experts"] = {k: full[k] for k in
+                                      ("accuracy", "many", "medium", "few")}
+            summary["macs"] = flops.routed_macs(macs[0], macs[1],
+                                                summary["experts_used"]["all"])
+            logging.info("routed: mean experts %.3f, used %s, expected MACs %.4g (all "
+                         "experts %.4g; all-experts accuracy %.4f)",
+                         summary["mean_experts"], summary["experts_used"]["all"],
+                         summary["macs"]["expected"], summary["macs"]["all_experts"],
+                         full["accuracy"])
         if is_main:
             _write_json(os.path.join(workdir, "eval", f"epoch_{epoch:04d}.json"), summary)
             writer.scalars(step, {k: summary[k] for k in
                                   ("accuracy", "top5", "class_mean_accuracy", "many",
-                                   "medium", "few", "loss") if summary.get(k) is not None},
+                                   "medium", "few", "loss", "mean_experts")
+                                  if summary.get(k) is not None},
                            "eval")
             results["last"] = summary
             if results["best"] is None or summary["accuracy"] > results["best"]["accuracy"]:
@@ -403,9 +671,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with _Stop() as stop, jax.set_mesh(mesh):
         try:
             start_epoch, offset = divmod(step, spe)
+            if config.epochs == 0:      # stage 'eval': evaluate init_from as it is
+                run_eval(0)
             for epoch0 in range(start_epoch, config.epochs):
                 for batch in loader.epoch(epoch0, start=offset if epoch0 == start_epoch else 0):
-                    state, m = train_step(state, batch)
+                    state, m = train_step(state, batch, consts)
                     step += 1
                     pending.append((step - 1, m))
                     if step % config.log_every_steps == 0:

@@ -25,22 +25,26 @@ LOSSES = ["ride", "ldam_drw", "ce", "focal"]
 EXPERTS = [1, 2, 3, 4, 5, 6]
 RATIOS = [100, 50, 10]
 BACKBONES = {"r10": "resnet10", "r50": "resnet50", "rx50": "resnext50"}
+STAGES = ["router", "distill", "crt", "eval"]
 
 # file -> {argument: values to try}; "smoke" is tried on its own and with each loss.
 ARGS = {
-    "cifar100_lt": {"ratio": RATIOS, "experts": EXPERTS, "loss": LOSSES, "smoke": [True]},
-    "cifar10_lt": {"ratio": RATIOS, "experts": EXPERTS, "loss": LOSSES, "smoke": [True]},
+    "cifar100_lt": {"ratio": RATIOS, "experts": EXPERTS, "loss": LOSSES, "smoke": [True],
+                    "stage": STAGES},
+    "cifar10_lt": {"ratio": RATIOS, "experts": EXPERTS, "loss": LOSSES, "smoke": [True],
+                   "stage": STAGES},
     "fashion_mnist_lt": {"ratio": RATIOS, "experts": EXPERTS, "loss": LOSSES,
-                         "smoke": [True]},
+                         "smoke": [True], "stage": STAGES, "img_max": [500]},
     "cifar10_jpeg_lt": {"ratio": RATIOS, "experts": EXPERTS, "loss": LOSSES, "smoke": [True],
-                        "path": ["/tmp/somewhere/cifar10.zip"]},
-    "synthetic_lt": {"experts": EXPERTS, "loss": LOSSES, "smoke": [True]},
+                        "path": ["/tmp/somewhere/cifar10.zip"], "stage": STAGES},
+    "synthetic_lt": {"experts": EXPERTS, "loss": LOSSES, "smoke": [True], "stage": STAGES},
     "imagenet_lt": {"backbone": list(BACKBONES), "experts": EXPERTS, "loss": LOSSES,
-                    "data_dir": ["/tmp/tfds"]},
+                    "data_dir": ["/tmp/tfds"], "stage": STAGES},
     "inat2018": {"backbone": list(BACKBONES), "experts": EXPERTS, "loss": LOSSES,
-                 "data_dir": ["/tmp/tfds"]},
+                 "data_dir": ["/tmp/tfds"], "stage": STAGES},
     "places_lt": {"backbone": list(BACKBONES), "experts": EXPERTS, "loss": LOSSES,
-                  "image_root": ["/tmp/places365"], "data_dir": ["/tmp/tfds"]},
+                  "image_root": ["/tmp/places365"], "data_dir": ["/tmp/tfds"],
+                  "stage": STAGES},
 }
 NUM_CLASSES = {"cifar100_lt": 100, "cifar10_lt": 10, "fashion_mnist_lt": 10,
                "cifar10_jpeg_lt": 10, "synthetic_lt": 10, "imagenet_lt": 1000, "inat2018": 8142, "places_lt": 365}
@@ -63,6 +67,8 @@ def _cases():
             for loss in LOSSES:
                 yield name, f"smoke,loss={loss}"
             yield name, "smoke,experts=6" + (",ratio=50" if "ratio" in args else "")
+            for stage in STAGES:
+                yield name, f"smoke,stage={stage}"
 
 
 def _param(name, arg):
@@ -127,15 +133,36 @@ def test_loads_with_argument(name, arg):
         if key in a:
             assert c.dataset.args[key] == a[key]
 
+    if "img_max" in a and "smoke" not in a:
+        assert c.dataset.args.img_max == float(a["img_max"])
+
     # A coherent schedule: warmup before the first step, the loss switch with an LR
     # decay (epoch step1 or step2), everything inside the run.
     o = c.optim
-    assert 0 < o.warmup_epochs <= o.step1 <= o.step2 <= c.epochs
-    assert c.loss.reweight_epoch in (o.step1, o.step2)
-    assert c.loss.reweight_epoch < c.epochs
+    stage = a.get("stage", "train")
+    assert c.stage == stage and c.init_from == ""
+    assert 1 <= c.router.top_k <= NUM_CLASSES[name]
     assert c.data.batch_size > 0 and c.data.eval_batch_size > 0
+    if stage in ("train", "distill"):
+        assert o.schedule == "custom"
+        assert 0 < o.warmup_epochs <= o.step1 <= o.step2 <= c.epochs
+        assert c.loss.reweight_epoch in (o.step1, o.step2)
+        assert c.loss.reweight_epoch < c.epochs
+        if stage == "distill" and "smoke" not in a:
+            # official: 20 warm-up epochs for CIFAR distillation, 5 elsewhere
+            assert o.warmup_epochs == (20 if name in CIFAR_STYLE else 5)
+    elif stage == "eval":
+        assert c.epochs == 0
+    else:   # router (RIDE-EA stage 2, ride-spec.md §4.3) and crt: cosine, balanced
+        assert o.schedule == "cosine" and c.data.sampler == "balanced"
+        assert o.weight_decay == 5e-4
+        if stage == "router":
+            assert o.lr == 0.01 and o.nesterov and o.momentum == 0.9
+            if "smoke" not in a:
+                assert c.epochs == 5 and c.data.batch_size == 512
+        return
 
-    if a.get("smoke"):
+    if a.get("smoke") and stage != "eval":
         assert c.epochs == 2
         assert c.loss.reweight_epoch == 1
         # The dataset is shrunk to at most ~1000 training images (a run of about a
@@ -308,3 +335,22 @@ def test_cifar10_jpeg_smoke_dataset_is_small():
     assert d.train.images.shape[1:] == (32, 32, 3)
     assert len(d.train.labels) < 500
     assert d.num_classes == 10
+
+
+def test_router_top_k_is_the_official_top_choices_num():
+    """ride-spec.md §4.1: 30 for CIFAR-100 and ImageNet-LT ResNet-10, 50 for R50/RX50 and
+    iNat; never more than the number of classes (10-class data: all 10)."""
+    assert _load("cifar100_lt", "stage=router").router.top_k == 30
+    assert _load("imagenet_lt", "backbone=r10,stage=router").router.top_k == 30
+    assert _load("imagenet_lt", "backbone=r50,stage=router").router.top_k == 50
+    assert _load("imagenet_lt", "backbone=rx50,stage=router").router.top_k == 50
+    assert _load("inat2018", "stage=router").router.top_k == 50
+    for name in ("cifar10_lt", "fashion_mnist_lt", "cifar10_jpeg_lt", "synthetic_lt"):
+        assert _load(name, "stage=router").router.top_k == 10
+    c = _load("cifar100_lt", "stage=router")
+    assert (c.router.pos_weight, c.router.hidden) == (100.0, 16)
+
+
+def test_bad_stage_names_the_valid_ones():
+    with pytest.raises(ValueError, match="router"):
+        _load("cifar100_lt", "stage=stage2")

@@ -2,7 +2,9 @@
 
 from ride_jax.models.layers import BatchNorm, NormedLinear
 from ride_jax.models.ride import (ARCHS, EXPERT_IMPLS, RIDEModel, count_params,
-                                  create_model)
+                                  create_model, tau_normalize)
+from ride_jax.models.router import Router, bucket_sizes, make_router, routed_apply
 
 __all__ = ["ARCHS", "EXPERT_IMPLS", "BatchNorm", "NormedLinear", "RIDEModel",
-           "count_params", "create_model"]
+           "Router", "bucket_sizes", "count_params", "create_model", "make_router",
+           "routed_apply", "tau_normalize"]

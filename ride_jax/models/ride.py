@@ -229,3 +229,29 @@ def create_model(arch: str = "resnet32", *, num_classes: int, num_experts: int =
 def count_params(variables: Variables) -> int:
     """Number of trainable parameters (the official ``sum(p.numel())``)."""
     return int(sum(x.size for x in jax.tree.leaves(variables["params"])))
+
+
+def tau_normalize(variables: Variables, tau: float) -> Variables:
+    """Post-hoc tau-normalisation of linear classifier heads (Kang et al., ICLR 2020).
+
+    Every class vector ``w_c`` (a column of each expert's ``linear`` kernel ``[E, D, C]``)
+    becomes ``w_c / ||w_c||_2 ** tau`` and the bias is dropped (set to 0); everything
+    else is unchanged. ``tau = 0`` only drops the bias, ``tau = 1`` gives unit-norm class
+    vectors.
+
+    Raises:
+      ValueError: a negative ``tau``, or cosine (NormedLinear) heads, whose class
+        vectors are normalised already (the model was built with ``use_norm=True``).
+    """
+    tau = float(tau)
+    if tau < 0:
+        raise ValueError(f"tau must be >= 0, got {tau}")
+    head = variables["params"]["experts"].get("linear", {})
+    if "bias" not in head:
+        raise ValueError("tau-normalisation applies to linear heads (model.use_norm=False); "
+                         "this model's cosine (NormedLinear) heads are normalised already")
+    kernel = head["kernel"]
+    norms = jnp.linalg.norm(kernel, axis=-2, keepdims=True)
+    new_head = dict(head, kernel=kernel / norms ** tau, bias=jnp.zeros_like(head["bias"]))
+    experts = dict(variables["params"]["experts"], linear=new_head)
+    return dict(variables, params=dict(variables["params"], experts=experts))
