@@ -5,10 +5,7 @@ ride-spec.md §4.3 (what stage 2 freezes), §4.4 (routed inference), §5 (distil
 """
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,26 +14,15 @@ import pytest
 
 from ride_jax import losses
 from ride_jax.checkpointing import Checkpointer
-from ride_jax.configlib import load
 from ride_jax.models import create_model
 from ride_jax.train import load_run, make_forward, make_loss_fn, train_and_evaluate
+
+from helpers import run_main, synthetic_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _cfg(arg, **over):
-    """The synthetic smoke recipe (16x16, 159 images, 2 epochs) with ``arg`` and overrides."""
-    c = load(ROOT / "configs" / "synthetic_lt.py", "smoke," + arg)
-    c.unlock()
-    c.data.remainder = "drop"
-    for key, value in over.items():
-        node = c
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    c.lock()
-    return c
+_cfg = synthetic_config
 
 
 def _state(workdir):
@@ -51,11 +37,7 @@ def _results(workdir):
     return json.loads((pathlib.Path(workdir) / "results.json").read_text())
 
 
-def _run_main(workdir, config, extra=()):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "ride_jax.main", f"--config={config}",
-                           f"--workdir={workdir}", *extra], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
+_run_main = run_main
 
 
 @pytest.fixture(scope="module")

@@ -17,28 +17,19 @@ import pytest
 from configs import common
 from ride_jax import optim
 from ride_jax.checkpointing import Checkpointer
-from ride_jax.configlib import load
 from ride_jax.data import long_tail_counts
 from ride_jax.models import create_model
 from ride_jax.train import (create_state, make_loss_fn, make_train_step,
                             train_and_evaluate)
+
+from helpers import run_main, synthetic_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _tiny_config(**over):
     """2 epochs x 4 steps of RIDE-2 on 16x16 synthetic data (159 images, batch 32, 'drop')."""
-    c = load(ROOT / "configs" / "synthetic_lt.py", "smoke,experts=2")
-    c.unlock()
-    c.data.remainder = "drop"
-    for key, value in over.items():
-        node = c
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    c.lock()
-    return c
+    return synthetic_config("experts=2", **over)
 
 
 def _final_params(workdir):
@@ -49,11 +40,7 @@ def _final_params(workdir):
     return step, state
 
 
-def _run_main(workdir, config, extra=(), **kw):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "ride_jax.main", f"--config={config}",
-                           f"--workdir={workdir}", *extra], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=900, **kw)
+_run_main = run_main
 
 
 def test_main_end_to_end_synthetic(tmp_path):
@@ -272,6 +259,33 @@ _EIGHT = textwrap.dedent("""
     c.unlock(); c.epochs = 2; c.resume_with_different_config = True; c.lock()
     r = train_and_evaluate(c, sys.argv[1] + "/w8", devices=jax.devices()[:1])
     out["resumed_on_1"] = [r["status"], r["step"]]
+
+    # 4. Routed evaluation runs per device shard (shard_map): 8 devices count as 1.
+    from ride_jax.models import make_router
+    from ride_jax.train import make_eval_step
+    with jax.enable_x64(True):
+        model = create_model("resnet32", num_classes=10, num_experts=3, dtype=jnp.float64)
+        router = make_router(model, (16, 16, 3), top_k=5)
+        x = jnp.asarray(np.random.default_rng(1).standard_normal((64, 16, 16, 3)))
+        v = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(jax.random.key(0), x[:1]))
+        rp = jax.tree.map(lambda a: a.astype(jnp.float64),
+                          router.init_params(jax.random.key(2)))
+        o = model.apply(v, x)
+        l0 = router.logit(rp, 0, o["features"][0], o["expert_logits"][0])
+        rp["out"]["bias"] = rp["out"]["bias"] - jnp.median(l0) + 1e-6
+        state = {{"params": dict(v["params"], router=rp), "batch_stats": v["batch_stats"]}}
+        batch = {{"image": x, "label": jnp.asarray(np.arange(64) % 10),
+                  "mask": jnp.ones(64, bool)}}
+        got = {{}}
+        for n in (1, 8):
+            mesh = data_mesh(jax.devices()[:n])
+            repl, bsh = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+            f = jax.jit(make_eval_step(model, router=router, mesh=mesh),
+                        in_shardings=(repl, bsh), out_shardings=repl)
+            with jax.set_mesh(mesh):
+                got[n] = jax.device_get(f(state, batch))
+        out["routed"] = [[np.asarray(got[n][k]).tolist() for k in ("usage", "correct")]
+                         for n in (1, 8)]
     print(json.dumps(out))
 """)
 
@@ -296,6 +310,12 @@ def test_eight_devices_match_one_device(tmp_path):
     # carry the largest relative rounding: hence the absolute tolerance.
     for k in a.files:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-2, atol=1e-3, err_msg=k)
+    # Routed evaluation: the same experts used and the same hits on 8 devices as on 1,
+    # with examples stopping after expert 0 and others going on.
+    (usage1, correct1), (usage8, correct8) = out["routed"]
+    assert usage8 == usage1 and correct8 == correct1
+    usage = np.asarray(usage1).sum(-1)
+    assert usage.sum() == 64 and usage[0] > 0 and usage[1:].sum() > 0, usage
 
 
 def _stream_dataset(root):
