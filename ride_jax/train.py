@@ -10,6 +10,12 @@ over the GLOBAL batch (XLA all-reduces them); the official multi-GPU runs
 The LR (official per-epoch ``CustomLR``) and the DRW / class-temperature switch at
 ``loss.reweight_epoch`` are functions of the traced step, so nothing recompiles.
 
+``config.stage`` picks what the run does (:data:`TRAINABLE`): ``train`` (stage 1),
+``distill`` (stage 1 with a frozen teacher's soft targets), ``router`` (RIDE-EA stage 2:
+only the router trains, the network frozen with BatchNorm in inference mode), ``crt``
+(fresh classifier heads on the frozen network) and ``eval`` (evaluate ``init_from``).
+A model with a router is evaluated with routed inference, per device shard.
+
 Everything a run needs to resume is in ``workdir``: Orbax checkpoints (state + config),
 ``config.json``, ``dataset.json`` (class counts, subset fingerprint), ``metrics.jsonl``
 (train and eval scalars), ``eval/epoch_NNNN.json`` (per-class and per-expert accuracy)
