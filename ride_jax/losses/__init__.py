@@ -12,6 +12,10 @@ Single-head losses:
     ldam_loss, softmax_kl, distill_kl.
 RIDE:
     diversity_kl, ride_loss, ride_distill_loss.
+ResLT (spec 8):
+    reslt_loss; class groups reslt_index_groups (CIFAR, RESLT_CIFAR_GROUPS),
+    reslt_frequency_groups (ImageNet-LT / iNat, RESLT_FREQUENCY_GROUPS),
+    reslt_example_masks, ResLTGroups, RESLT_FUSED_CE.
 Expert assignment (router):
     ensemble_correctness, routing_targets, routing_loss.
 Validation helpers (for models and trainers):
@@ -48,11 +52,25 @@ from ride_jax.losses.classification import (
     per_sample_cross_entropy,
     softmax_kl,
 )
+from ride_jax.losses.reslt import (
+    RESLT_CIFAR_GROUPS,
+    RESLT_FREQUENCY_GROUPS,
+    RESLT_FUSED_CE,
+    ResLTGroups,
+    reslt_example_masks,
+    reslt_frequency_groups,
+    reslt_index_groups,
+    reslt_loss,
+)
 from ride_jax.losses.ride import BASE_LOSSES, diversity_kl, ride_distill_loss, ride_loss
 from ride_jax.losses.routing import ensemble_correctness, routing_loss, routing_targets
 
 __all__ = [
     "BASE_LOSSES",
+    "RESLT_CIFAR_GROUPS",
+    "RESLT_FREQUENCY_GROUPS",
+    "RESLT_FUSED_CE",
+    "ResLTGroups",
     "TEMPERATURE_FORMULAS",
     "RideClassVectors",
     "check_choice",
@@ -73,6 +91,10 @@ __all__ = [
     "ldam_margin_logits",
     "ldam_margins",
     "per_sample_cross_entropy",
+    "reslt_example_masks",
+    "reslt_frequency_groups",
+    "reslt_index_groups",
+    "reslt_loss",
     "reweighting_active",
     "ride_class_vectors",
     "ride_distill_loss",
