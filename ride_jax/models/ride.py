@@ -20,6 +20,12 @@ runs with the other.
     {'expert_logits': [E, B, C], 'logits': [B, C] (mean over experts),
      'features': [E, B, D] (pooled features before each classifier)}
 
+With ResLT experts (``create_model(..., head='reslt')``, ``ride_jax.models.reslt``) the
+dict also holds ``'branch_logits': [E, K, B, C]`` (branches H, M[, T] of every expert);
+``'expert_logits'`` is then the branch sum of each expert and ``'logits'`` the mean
+over experts of those sums (official RIDE+ResLT prediction), and ``'features'`` the
+pooled backbone features before the ResLT branches.
+
 and with ``train=True`` a pair ``(outputs, {'batch_stats': new_batch_stats})``, as Linen
 does with ``mutable=['batch_stats']``. Images are NHWC.
 """
@@ -35,6 +41,7 @@ import jax.numpy as jnp
 
 from ride_jax.losses._checks import check_choice
 from ride_jax.models.resnet_cifar import CifarExpert, CifarTrunk
+from ride_jax.models.reslt import POOL_ORDERS, CifarResLTExpert, ImageNetResLTExpert
 from ride_jax.models.resnet_imagenet import IMAGENET_ARCHS, ImageNetExpert, ImageNetTrunk
 
 Array = jax.Array
@@ -42,6 +49,7 @@ Variables = dict[str, Any]
 
 ARCHS = ("resnet32",) + tuple(IMAGENET_ARCHS)
 EXPERT_IMPLS = ("vmap", "loop")
+HEADS = ("plain", "reslt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +58,9 @@ class RIDEModel:
 
     Attributes:
       trunk: Linen module ``(images, train) -> h``.
-      expert: Linen module ``(h, train) -> (logits [B, C], features [B, D])``.
+      expert: Linen module ``(h, train) -> (logits [B, C], features [B, D])``, or for
+        a multi-branch (ResLT) expert, one with a ``num_branches`` attribute K,
+        ``(h, train) -> (branch_logits [K, B, C], features [B, D])``.
       num_experts: E.
       num_classes: C.
       expert_impl: ``'loop'`` (default) or ``'vmap'``: same variables, same numbers;
@@ -69,6 +79,11 @@ class RIDEModel:
         check_choice("expert_impl", self.expert_impl, EXPERT_IMPLS)
         if not isinstance(self.num_experts, int) or self.num_experts < 1:
             raise ValueError(f"num_experts must be a positive integer, got {self.num_experts!r}")
+
+    @property
+    def num_branches(self) -> int:
+        """K of multi-branch (ResLT) experts; 0 for experts with one classifier output."""
+        return int(getattr(self.expert, "num_branches", 0) or 0)
 
     @property
     def default_image_size(self) -> int:
@@ -99,7 +114,9 @@ class RIDEModel:
 
         Returns:
           ``outputs`` (eval) or ``(outputs, {'batch_stats': ...})`` (train), where
-          ``outputs = {'expert_logits': [E, B, C], 'logits': [B, C], 'features': [E, B, D]}``.
+          ``outputs = {'expert_logits': [E, B, C], 'logits': [B, C], 'features': [E, B, D]}``,
+          plus ``'branch_logits': [E, K, B, C]`` for ResLT experts (``expert_logits`` is
+          then their sum over K).
         """
         self._check_images(images)
         self.check_variables(variables)
@@ -125,8 +142,13 @@ class RIDEModel:
             expert_state = (jax.tree.map(lambda *xs: jnp.stack(xs), *[r[1] for r in results])
                             if train else None)
 
+        if self.num_branches:
+            branch_logits = logits                      # [E, K, B, C]
+            logits = jnp.sum(branch_logits, axis=1)     # [E, B, C]
         outputs = {"expert_logits": logits, "logits": jnp.mean(logits, axis=0),
                    "features": features}
+        if self.num_branches:
+            outputs["branch_logits"] = branch_logits
         if not train:
             return outputs
         new_stats = {"trunk": trunk_state["batch_stats"],
@@ -181,7 +203,10 @@ def create_model(arch: str = "resnet32", *, num_classes: int, num_experts: int =
                  reduce_dimension: bool = True, use_norm: bool = True, scale: float = 30.0,
                  expert_impl: str = "loop", dtype: Any = None,
                  layer2_dim: int | None = None, layer3_dim: int | None = None,
-                 layer4_dim: int | None = None) -> RIDEModel:
+                 layer4_dim: int | None = None, head: str = "plain",
+                 reslt_branches: int = 3, reslt_eval_gamma: float | None = None,
+                 reslt_train_order: str | None = None,
+                 reslt_eval_order: str | None = None) -> RIDEModel:
     """Builds a RIDE network as the official ``ResNet32Model`` / ``ResNet10Model`` /
     ``ResNet50Model`` / ``ResNeXt50Model`` would.
 
@@ -200,14 +225,58 @@ def create_model(arch: str = "resnet32", *, num_classes: int, num_experts: int =
         ``'vmap'`` (grouped convolutions). Same variables, same numbers.
       dtype: computation dtype (None: inferred from inputs and parameters).
       layer2_dim, layer3_dim, layer4_dim: override the expert widths.
+      head: ``'plain'`` (default: one classifier per expert, as above) or ``'reslt'``:
+        every expert carries a ResLT head (``ride_jax.models.reslt``, ride-spec.md §8.1)
+        and ``apply`` adds ``'branch_logits' [E, K, B, C]``. With ``num_experts=1`` and
+        ``reduce_dimension=False`` this is the official single ResLT network
+        (``ResLTResNet32``, ``resnet10_reslt``, ``resnet50_reslt``,
+        ``resnext50_32x4d_reslt``); with more experts, the official RIDE+ResLT models.
+        The ResLT classifier is a plain ``nn.Linear`` (official): requires
+        ``use_norm=False``; ``scale`` is not used.
+      reslt_branches: K = 3 (H, M, T) or 2 (H, M: the iNat recipe).
+      reslt_eval_gamma: None (default; official for CIFAR): the trained linear
+        classifier at test time. A float gamma: official test-time classifier, class
+        vectors divided by ``||w_c|| ** gamma`` and no bias (ImageNet-LT/iNat scripts:
+        ``ride_jax.models.reslt.RESLT_EVAL_GAMMA``). Training is unaffected.
+      reslt_train_order, reslt_eval_order: ImageNet-size archs only; ``'conv_pool'`` or
+        ``'pool_conv'``: where the average pool sits relative to the 1x1 conv/BN/ReLU
+        block, in training and evaluation. None: official ``'conv_pool'`` (training,
+        ``--after_1x1conv``) and ``'pool_conv'`` (evaluation).
     """
     check_choice("arch", arch, ARCHS)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    check_choice("head", head, HEADS)
+    if head == "reslt":
+        if use_norm:
+            raise ValueError("head='reslt' uses a plain linear classifier shared by the "
+                             "branches (official ResLT): pass use_norm=False")
+        if reslt_branches not in (2, 3):
+            raise ValueError(f"reslt_branches must be 2 or 3, got {reslt_branches!r}")
+        if reslt_eval_gamma is not None and not float(reslt_eval_gamma) >= 0:
+            raise ValueError(f"reslt_eval_gamma must be None or >= 0, got {reslt_eval_gamma!r}")
+        for name, value in (("reslt_train_order", reslt_train_order),
+                            ("reslt_eval_order", reslt_eval_order)):
+            if value is not None:
+                check_choice(name, value, POOL_ORDERS)
+                if arch == "resnet32":
+                    raise ValueError(f"{name} applies to the ImageNet-size ResLT head only; "
+                                     "the CIFAR head pools after its branch BNs")
+    elif (reslt_branches != 3 or reslt_eval_gamma is not None
+          or reslt_train_order is not None or reslt_eval_order is not None):
+        raise ValueError("the reslt_* options need head='reslt'")
     if arch == "resnet32":
         if layer4_dim is not None:
             raise ValueError("resnet32 has no layer4: layer4_dim must be None")
         trunk = CifarTrunk(dtype=dtype)
+        if head == "reslt":
+            expert = CifarResLTExpert(
+                num_classes=num_classes,
+                layer2_dim=layer2_dim or (24 if reduce_dimension else 32),
+                layer3_dim=layer3_dim or (48 if reduce_dimension else 64),
+                num_branches=reslt_branches, eval_gamma=reslt_eval_gamma, dtype=dtype)
+            return RIDEModel(trunk=trunk, expert=expert, num_experts=num_experts,
+                             num_classes=num_classes, expert_impl=expert_impl, arch=arch)
         expert = CifarExpert(
             num_classes=num_classes,
             layer2_dim=layer2_dim or (24 if reduce_dimension else 32),
@@ -217,6 +286,16 @@ def create_model(arch: str = "resnet32", *, num_classes: int, num_experts: int =
         if layer2_dim is not None:
             raise ValueError(f"{arch} shares layer2 across experts: layer2_dim must be None")
         trunk = ImageNetTrunk(arch=arch, dtype=dtype)
+        if head == "reslt":
+            expert = ImageNetResLTExpert(
+                num_classes=num_classes, arch=arch,
+                layer3_dim=layer3_dim or (192 if reduce_dimension else 256),
+                layer4_dim=layer4_dim or (384 if reduce_dimension else 512),
+                num_branches=reslt_branches, eval_gamma=reslt_eval_gamma,
+                train_order=reslt_train_order or "conv_pool",
+                eval_order=reslt_eval_order or "pool_conv", dtype=dtype)
+            return RIDEModel(trunk=trunk, expert=expert, num_experts=num_experts,
+                             num_classes=num_classes, expert_impl=expert_impl, arch=arch)
         expert = ImageNetExpert(
             num_classes=num_classes, arch=arch,
             layer3_dim=layer3_dim or (192 if reduce_dimension else 256),

@@ -161,6 +161,9 @@ def make_router(model: RIDEModel, image_shape: Sequence[int], *, top_k: int,
       top_k: s (checked against the number of classes).
       hidden: hidden width (16).
     """
+    if model.num_branches:
+        raise NotImplementedError("the RIDE-EA router is not wired for ResLT (multi-branch) "
+                                  "experts")
     images = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), images)
     out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
