@@ -55,8 +55,9 @@ import jax.numpy as jnp
 
 from ride_jax.losses._checks import check_choice
 from ride_jax.models.layers import BatchNorm, torch_linear_bias, torch_linear_kernel
-from ride_jax.models.resnet_cifar import CifarBasicBlock
-from ride_jax.models.resnet_imagenet import IMAGENET_ARCHS, _block_cls, _conv
+from ride_jax.models.resnet_cifar import expert_layers as cifar_expert_layers
+from ride_jax.models.resnet_imagenet import _conv
+from ride_jax.models.resnet_imagenet import expert_layers as imagenet_expert_layers
 
 Array = jax.Array
 
@@ -141,13 +142,8 @@ class CifarResLTExpert(nn.Module):
     def __call__(self, h: Array, train: bool) -> tuple[Array, Array]:
         _check_branches(self.num_branches)
         _check_gamma(self.eval_gamma)
-        x = h
-        for j in range(self.blocks):
-            x = CifarBasicBlock(self.layer2_dim, 2 if j == 0 else 1, self.dtype,
-                                name=f"layer2_{j}")(x, train)
-        for j in range(self.blocks):
-            x = CifarBasicBlock(self.layer3_dim, 2 if j == 0 else 1, self.dtype,
-                                name=f"layer3_{j}")(x, train)
+        x = cifar_expert_layers(h, self.layer2_dim, self.layer3_dim, self.blocks, self.dtype,
+                                train)
         features = jnp.mean(x, axis=(1, 2))
         branch_features = jnp.stack([
             jnp.mean(BatchNorm(dtype=self.dtype, name=f"bn_{BRANCH_NAMES[k]}")(x, train),
@@ -193,13 +189,8 @@ class ImageNetResLTExpert(nn.Module):
         _check_gamma(self.eval_gamma)
         check_choice("train_order", self.train_order, POOL_ORDERS)
         check_choice("eval_order", self.eval_order, POOL_ORDERS)
-        kind, layers, groups, base_width = IMAGENET_ARCHS[self.arch]
-        block = _block_cls(kind)
-        x = h
-        for stage, planes in ((3, self.layer3_dim), (4, self.layer4_dim)):
-            for j in range(layers[stage - 1]):
-                x = block(planes, 2 if j == 0 else 1, groups, base_width, self.dtype,
-                          name=f"layer{stage}_{j}")(x, train)
+        x = imagenet_expert_layers(h, self.arch, self.layer3_dim, self.layer4_dim, self.dtype,
+                                   train)
         f = x.shape[-1]
         features = jnp.mean(x, axis=(1, 2))
         final_conv = _conv(3 * f, 1, 1, dtype=self.dtype, name="final_conv")

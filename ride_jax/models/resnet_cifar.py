@@ -63,6 +63,18 @@ class CifarTrunk(nn.Module):
         return x
 
 
+def expert_layers(h: Array, layer2_dim: int, layer3_dim: int, blocks: int, dtype: Any,
+                  train: bool) -> Array:
+    """An expert's layer2 and layer3 (``layer2_j``, ``layer3_j``); call it inside the
+    compact ``__call__`` of the module that owns them (plain and ResLT experts)."""
+    x = h
+    for j in range(blocks):
+        x = CifarBasicBlock(layer2_dim, 2 if j == 0 else 1, dtype, name=f"layer2_{j}")(x, train)
+    for j in range(blocks):
+        x = CifarBasicBlock(layer3_dim, 2 if j == 0 else 1, dtype, name=f"layer3_{j}")(x, train)
+    return x
+
+
 class CifarExpert(nn.Module):
     """One expert: layer2, layer3, pooling and head.
 
@@ -80,13 +92,7 @@ class CifarExpert(nn.Module):
 
     @nn.compact
     def __call__(self, h: Array, train: bool) -> tuple[Array, Array]:
-        x = h
-        for j in range(self.blocks):
-            x = CifarBasicBlock(self.layer2_dim, 2 if j == 0 else 1, self.dtype,
-                                                    name=f"layer2_{j}")(x, train)
-        for j in range(self.blocks):
-            x = CifarBasicBlock(self.layer3_dim, 2 if j == 0 else 1, self.dtype,
-                                                    name=f"layer3_{j}")(x, train)
+        x = expert_layers(h, self.layer2_dim, self.layer3_dim, self.blocks, self.dtype, train)
         features = jnp.mean(x, axis=(1, 2))
         if self.use_norm:
             logits = NormedLinear(self.num_classes, self.scale, dtype=self.dtype,

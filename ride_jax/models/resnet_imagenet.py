@@ -120,6 +120,20 @@ class ImageNetTrunk(nn.Module):
         return x
 
 
+def expert_layers(h: Array, arch: str, layer3_dim: int, layer4_dim: int, dtype: Any,
+                  train: bool) -> Array:
+    """An expert's layer3 and layer4 (``layer3_j``, ``layer4_j``); call it inside the
+    compact ``__call__`` of the module that owns them (plain and ResLT experts)."""
+    kind, layers, groups, base_width = IMAGENET_ARCHS[arch]
+    block = _block_cls(kind)
+    x = h
+    for stage, planes in ((3, layer3_dim), (4, layer4_dim)):
+        for j in range(layers[stage - 1]):
+            x = block(planes, 2 if j == 0 else 1, groups, base_width, dtype,
+                      name=f"layer{stage}_{j}")(x, train)
+    return x
+
+
 class ImageNetExpert(nn.Module):
     """One expert: layer3, layer4, pooling, head.
 
@@ -136,13 +150,7 @@ class ImageNetExpert(nn.Module):
 
     @nn.compact
     def __call__(self, h: Array, train: bool) -> tuple[Array, Array]:
-        kind, layers, groups, base_width = IMAGENET_ARCHS[self.arch]
-        block = _block_cls(kind)
-        x = h
-        for stage, planes in ((3, self.layer3_dim), (4, self.layer4_dim)):
-            for j in range(layers[stage - 1]):
-                x = block(planes, 2 if j == 0 else 1, groups, base_width, self.dtype,
-                          name=f"layer{stage}_{j}")(x, train)
+        x = expert_layers(h, self.arch, self.layer3_dim, self.layer4_dim, self.dtype, train)
         features = jnp.mean(x, axis=(1, 2))
         if self.use_norm:
             logits = NormedLinear(self.num_classes, self.scale, dtype=self.dtype,
