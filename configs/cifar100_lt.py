@@ -7,16 +7,16 @@
 Beyond stage 1 (``stage`` argument, see ``configs/common.py``: ``apply_stage``):
 
     # RIDE-EA stage 2: train the router on a frozen stage-1 run, then routed evaluation
-    python -m ride_jax.main --config=configs/cifar100_lt.py:stage=router \
+    python -m ride_jax.main --config=configs/cifar100_lt.py:stage=router \\
         --config.init_from=runs/c100_ride3 --workdir=runs/c100_ride3_ea
     # self-distillation: a 6-expert teacher, then a 3-expert student
     python -m ride_jax.main --config=configs/cifar100_lt.py:experts=6 --workdir=runs/c100_t6
-    python -m ride_jax.main --config=configs/cifar100_lt.py:stage=distill \
+    python -m ride_jax.main --config=configs/cifar100_lt.py:stage=distill \\
         --config.distill.teacher=runs/c100_t6 --workdir=runs/c100_ride3_distill
     # cRT (fresh heads on frozen features) and evaluation only (tau-normalised CE heads)
-    python -m ride_jax.main --config=configs/cifar100_lt.py:stage=crt \
+    python -m ride_jax.main --config=configs/cifar100_lt.py:stage=crt \\
         --config.init_from=runs/c100_ride3 --workdir=runs/c100_ride3_crt
-    python -m ride_jax.main --config=configs/cifar100_lt.py:loss=ce,stage=eval \
+    python -m ride_jax.main --config=configs/cifar100_lt.py:loss=ce,stage=eval \\
         --config.init_from=runs/c100_ce --config.tau=1.0 --workdir=runs/c100_ce_tau1
 
 Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal, stage

@@ -3,6 +3,9 @@
     python -m ride_jax.main --config=configs/fashion_mnist_lt.py --workdir=runs/fmnist_ride3
     python -m ride_jax.main --config=configs/fashion_mnist_lt.py:ratio=10,experts=2 --workdir=...
     python -m ride_jax.main --config=configs/fashion_mnist_lt.py:loss=ldam_drw --workdir=...
+    python -m ride_jax.main --config=configs/fashion_mnist_lt.py:img_max=500 --workdir=runs/fm500
+    python -m ride_jax.main --config=configs/fashion_mnist_lt.py:img_max=500,stage=router \\
+        --config.init_from=runs/fm500 --workdir=runs/fm500_ea
     python -m ride_jax.main --config=configs/fashion_mnist_lt.py:smoke --workdir=/tmp/fm_smoke
 
 Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal, img_max (head
