@@ -120,25 +120,21 @@ def apply_stage(c: ml_collections.ConfigDict, stage: str, *,
     * eval: no training (``epochs = 0``); ``tau`` and the router apply.
     """
     c.stage = check_choice("stage", stage, STAGES)
+    if stage in ("router", "crt"):   # a frozen network: short, balanced, cosine per epoch
+        c.data.sampler = "balanced"
+        c.optim.weight_decay = 5e-4
+        c.optim.schedule = "cosine"
+        c.optim.warmup_epochs = 0
+        c.checkpoint_every_epochs = 1
     if stage == "router":
         c.epochs = 5
         c.data.batch_size = 512
-        c.data.sampler = "balanced"
         c.optim.lr = 0.01
         c.optim.momentum = 0.9
         c.optim.nesterov = True
-        c.optim.weight_decay = 5e-4
-        c.optim.schedule = "cosine"
-        c.optim.warmup_epochs = 0
-        c.checkpoint_every_epochs = 1
     elif stage == "crt":
         c.epochs = 10
-        c.data.sampler = "balanced"
         c.optim.lr = 0.05
-        c.optim.weight_decay = 5e-4
-        c.optim.schedule = "cosine"
-        c.optim.warmup_epochs = 0
-        c.checkpoint_every_epochs = 1
     elif stage == "eval":
         c.epochs = 0
     elif stage == "distill" and distill_warmup_epochs is not None:

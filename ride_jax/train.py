@@ -347,13 +347,14 @@ def _check_same_model(config: ml_collections.ConfigDict, other: dict, what: str,
                          f"(e.g. --config.model.num_experts=...)")
 
 
-def _check_same_data(dataset, info: dict | None, what: str) -> None:
+def _check_same_data(mine: dict, info: dict | None, what: str) -> None:
+    """``mine``, ``info``: ``describe()`` of this run's dataset and of the other run's."""
     if info is None:
         return
-    if info.get("num_classes") != dataset.num_classes:
+    if info.get("num_classes") != mine["num_classes"]:
         raise ValueError(f"{what} was trained on {info.get('num_classes')} classes, this "
-                         f"dataset has {dataset.num_classes}")
-    mine = dataset.describe().get("fingerprint")
+                         f"dataset has {mine['num_classes']}")
+    mine = mine.get("fingerprint")
     if info.get("fingerprint") and mine and info["fingerprint"] != mine:
         logging.warning("%s was trained on another training subset (fingerprint %s, here "
                         "%s)", what, info["fingerprint"][:16], mine[:16])
@@ -478,8 +479,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     dataset = build_dataset(config) if dataset is None else dataset
     train_counts = dataset.train_counts
+    described = dataset.describe()        # hashes the subset: once
     if is_main:
-        _write_json(os.path.join(workdir, "dataset.json"), dataset.describe())
+        _write_json(os.path.join(workdir, "dataset.json"), described)
         if getattr(dataset, "selected", None) is not None:
             np.save(os.path.join(workdir, "selected_indices.npy"), dataset.selected)
     if isinstance(dataset, ArrayDataset):
@@ -505,7 +507,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                              "--config.init_from=<its workdir>")
         init_cfg, loaded, init_info = load_run(config.init_from)
         _check_same_model(config, init_cfg, f"init_from {config.init_from!r}")
-        _check_same_data(dataset, init_info, f"init_from {config.init_from!r}")
+        _check_same_data(described, init_info, f"init_from {config.init_from!r}")
     elif config.init_from:
         raise ValueError(f"init_from is for the stages {FROM_INIT}; stage {stage!r} "
                          "trains from scratch")
@@ -527,7 +529,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         losses.check_choice("distill.teacher_bn", config.distill.teacher_bn,
                             ("train", "eval"))
         t_cfg, t_vars, t_info = load_run(config.distill.teacher)
-        _check_same_data(dataset, t_info, f"teacher {config.distill.teacher!r}")
+        _check_same_data(described, t_info, f"teacher {config.distill.teacher!r}")
         teacher = _model_from(ml_collections.ConfigDict(t_cfg["model"]), dataset.num_classes)
         consts = {"teacher": jax.device_put(t_vars, repl)}
     elif config.distill.teacher:
@@ -553,9 +555,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if loaded is None:
             return create_state(model, tx, rng, sample)
         init_rng, rng = jax.random.split(rng)
-        fresh = model.init(init_rng, sample)["params"]
         params = dict(loaded["params"])
         if stage == "crt":      # cRT: fresh classifier heads on the trained features
+            fresh = model.init(init_rng, sample)["params"]
             params["experts"] = dict(params["experts"], linear=fresh["experts"]["linear"])
         if router is not None and "router" not in params:
             params["router"] = router.init_params(jax.random.fold_in(init_rng, 1))

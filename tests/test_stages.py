@@ -19,7 +19,6 @@ from ride_jax.train import load_run, make_forward, make_loss_fn, train_and_evalu
 
 from helpers import run_main, synthetic_config
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 _cfg = synthetic_config
