@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from ride_jax.configlib import LOSSES, STAGES, check_choice, parse_arg
+from ride_jax.configlib import METHODS, STAGES, check_choice, parse_arg
+from ride_jax.losses import RESLT_CIFAR_GROUPS
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -35,6 +36,13 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.model.scale = 30.0
     c.model.expert_impl = "loop"
     c.model.dtype = "float32"        # float32 | bfloat16 (computation dtype)
+    # ResLT (ride-spec.md §8): head 'reslt' gives every expert ResLT branches (one expert
+    # and reduce_dimension=False: the official single ResLT network); needs use_norm=False.
+    c.model.head = "plain"           # plain | reslt
+    c.model.reslt_branches = 3       # 3 (H, M, T) | 2 (H, M: iNat)
+    c.model.reslt_eval_gamma = -1.0  # >= 0: test-time classifier w / ||w||^gamma, no bias
+    c.model.reslt_train_order = ""   # ImageNet-size: conv_pool | pool_conv ('' = official)
+    c.model.reslt_eval_order = ""    # '' = official pool_conv
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "ride"             # ride | ldam_drw | ce | focal
@@ -47,6 +55,15 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.loss.base_loss_factor = 1.0
     c.loss.temperature_formula = "official"   # official | paper
     c.loss.focal_gamma = 1.0
+    # ResLT loss (loss.name 'reslt'): beta * per-branch CE + (1 - beta) * CE of the sum.
+    c.loss.reslt_beta = 0.995        # official --beta (README alpha), CIFAR-100 ratio 100
+    c.loss.reslt_groups = "index"    # index (CIFAR) | frequency (ImageNet-LT, iNat)
+    # index: first class of the medium+tail / tail group; frequency: how many of the
+    # rarest training classes form it. reslt_tail = -1: no tail group (2 branches).
+    c.loss.reslt_medium_tail = 35
+    c.loss.reslt_tail = 70
+    c.loss.reslt_fused_ce = "plain"  # plain (CIFAR, iNat) | eps (ImageNet-LT: 1e-7 CE)
+    c.loss.label_smoothing = 0.0     # ResLT ImageNet-LT --lsm
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 0.1
@@ -57,7 +74,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.optim.step1 = 160
     c.optim.step2 = 180
     c.optim.gamma = 0.01
+    c.optim.warmup_from = 0.0        # custom warm-up starts at this fraction (ResLT: 1/3)
     c.optim.schedule = "custom"      # custom (official CustomLR) | cosine (per epoch, EA/cRT)
+    #                                  | warmup_cosine (ResLT ImageNet-LT/iNat)
 
     # What the run does (ride_jax.train.STAGES): train (stage 1, from scratch), router
     # (RIDE-EA stage 2), distill (stage 1 with a teacher), crt (classifier retraining),
@@ -91,9 +110,24 @@ def get_base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def apply_loss_preset(c: ml_collections.ConfigDict, loss: str) -> None:
-    """The official model/optimiser settings that go with each loss (ride-spec.md §6.2-6.3)."""
-    c.loss.name = check_choice("loss", loss, LOSSES)
+# ResLT's --beta per CIFAR imbalance ratio (ride-spec.md §8.4); 10-class data use CIFAR-10's.
+RESLT_CIFAR_BETA = {"cifar100": {100: 0.995, 50: 0.99, 10: 0.72},
+                    "cifar10": {100: 0.998, 50: 0.998, 10: 0.96}}
+
+
+def apply_loss_preset(c: ml_collections.ConfigDict, loss: str, *, ratio: float = 100,
+                      reslt_groups: str = "cifar100") -> None:
+    """The official model/optimiser settings that go with each loss (ride-spec.md §6.2-6.3).
+
+    ``loss`` is a recipe name (:data:`ride_jax.configlib.METHODS`); ``reslt`` and
+    ``ride_reslt`` take the ResLT CIFAR recipe (:func:`apply_reslt_cifar`) with the
+    groups and beta of ``reslt_groups`` (``cifar100`` | ``cifar10``) at ``ratio``.
+    """
+    check_choice("loss", loss, METHODS)
+    if loss in ("reslt", "ride_reslt"):
+        apply_reslt_cifar(c, ratio=ratio, groups=reslt_groups, ride=loss == "ride_reslt")
+        return
+    c.loss.name = loss
     if loss == "ride":
         return
     # LDAM-DRW's recipe: one expert, no dimension reduction, no nesterov, wd 2e-4; the
@@ -104,6 +138,48 @@ def apply_loss_preset(c: ml_collections.ConfigDict, loss: str) -> None:
     c.optim.weight_decay = 2e-4
     c.optim.nesterov = False
     c.data.augment = "ldam"
+
+
+def apply_reslt_cifar(c: ml_collections.ConfigDict, *, ratio: float, groups: str,
+                      ride: bool) -> None:
+    """ResLT's CIFAR scripts (``CIFAR{10,100}LT_imf*.sh``, ride-spec.md §8.3-8.4).
+
+    ``ResLTResNet32`` (16/32/64, three branch BNs, one shared linear classifier), batch
+    128, 200 epochs, SGD lr 0.1 momentum 0.9 Nesterov wd 5e-4, warm-up over 5 epochs
+    from lr/3 (``warmup_from``), LR x0.1 from epoch 161 and x0.01 from 181; crop + flip
+    (no rotation), ``drop_last=True``; beta per ratio (:data:`RESLT_CIFAR_BETA`) and the
+    index groups (:data:`ride_jax.losses.RESLT_CIFAR_GROUPS`; the same for every ratio).
+    ``ride=True`` (not in the official code): RIDE's reduced experts (24/48 wide), each
+    with the ResLT head, the ResLT loss summed over experts; the recipe sets
+    ``model.num_experts``.
+    """
+    check_choice("reslt groups", groups, tuple(RESLT_CIFAR_BETA))
+    ratio = check_choice("ratio", int(ratio), tuple(RESLT_CIFAR_BETA[groups]))
+    g = RESLT_CIFAR_GROUPS[groups]
+    c.loss.name = "reslt"
+    c.loss.reslt_beta = RESLT_CIFAR_BETA[groups][ratio]
+    c.loss.reslt_groups = "index"
+    c.loss.reslt_medium_tail = g["medium_start"]
+    c.loss.reslt_tail = g["tail_start"]
+    c.loss.reslt_fused_ce = "plain"
+    c.model.head = "reslt"
+    c.model.reslt_branches = 3
+    c.model.use_norm = False
+    c.model.reduce_dimension = ride
+    if not ride:
+        c.model.num_experts = 1
+    c.data.augment = "ldam"
+    c.data.remainder = "drop"
+    c.optim.lr = 0.1
+    c.optim.weight_decay = 5e-4
+    c.optim.momentum = 0.9
+    c.optim.nesterov = True
+    c.optim.schedule = "custom"
+    c.optim.warmup_epochs = 5
+    c.optim.warmup_from = 1 / 3
+    c.optim.step1 = 160
+    c.optim.step2 = 180
+    c.optim.gamma = 0.1
 
 
 def apply_stage(c: ml_collections.ConfigDict, stage: str, *,
@@ -170,13 +246,18 @@ def parse_small_image_arg(arg, **extra):
 
 
 def small_image_config(a, dataset: str, args: dict, smoke_args: dict, *,
-                       router_top_k: int = 30) -> ml_collections.ConfigDict:
-    """A locked CIFAR-style recipe on ``dataset`` (``a`` from :func:`parse_small_image_arg`)."""
+                       router_top_k: int = 30, reslt_groups: str = "cifar10"
+                       ) -> ml_collections.ConfigDict:
+    """A locked CIFAR-style recipe on ``dataset`` (``a`` from :func:`parse_small_image_arg`).
+
+    ``reslt_groups``: the ResLT groups and beta table of ``loss=reslt`` (``cifar100`` for
+    100 classes, ``cifar10`` for the 10-class datasets).
+    """
     c = get_base_config()
     c.dataset.name = dataset
     c.dataset.args = args
-    apply_loss_preset(c, a.loss)
-    if a.loss == "ride":
+    apply_loss_preset(c, a.loss, ratio=a.ratio, reslt_groups=reslt_groups)
+    if a.loss in ("ride", "ride_reslt"):
         c.model.num_experts = a.experts
     c.router.top_k = router_top_k
     apply_stage(c, a.stage, distill_warmup_epochs=20)   # the official CIFAR distill

@@ -17,7 +17,14 @@ import ml_collections
 from ride_jax.losses._checks import check_choice  # re-exported for the config files
 
 # The trainer's loss recipes (``config.loss.name``).
-LOSSES = ("ride", "ldam_drw", "ce", "focal")
+LOSSES = ("ride", "ldam_drw", "ce", "focal", "reslt")
+# The recipes' ``loss=`` argument: a loss with its official model and optimiser settings;
+# ``ride_reslt`` is RIDE's experts, each with a ResLT head, trained with the ResLT loss.
+METHODS = LOSSES + ("ride_reslt",)
+# ``config.optim.schedule``: the official RIDE CustomLR (``custom``), a per-epoch cosine
+# (``cosine``: RIDE-EA, cRT, ResLT iNat ResNet-50) and ResLT's warm-up + cosine
+# (``warmup_cosine``: ResLT ImageNet-LT and the RIDE+ResLT scripts).
+SCHEDULES = ("custom", "cosine", "warmup_cosine")
 # What a run does (``config.stage``; see ``configs/common.py``'s ``apply_stage``).
 STAGES = ("train", "router", "distill", "crt", "eval")
 

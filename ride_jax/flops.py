@@ -56,7 +56,8 @@ class ModelMacs:
     Attributes:
       shared: trunk (stem and shared stages).
       per_expert: one expert, classifier head included.
-      heads: one expert's classifier head alone (what the official counter omits).
+      heads: one expert's classifier head alone (what the official counter omits); a
+        ResLT expert's shared classifier counts once per branch (K times).
       num_experts: E.
     """
 
@@ -119,7 +120,9 @@ def model_macs(model: RIDEModel, image_size: int | None = None, *,
     shared = jaxpr_macs(jax.make_jaxpr(trunk_fn)(trunk_vars, images))
     per_expert = jaxpr_macs(jax.make_jaxpr(expert_fn)(expert_vars, h))
     head = expert_vars["params"]["linear"]["kernel"].shape  # (D, C)
-    return ModelMacs(shared=shared, per_expert=per_expert, heads=head[0] * head[1],
+    # A ResLT expert applies its one classifier to each of its K branches.
+    return ModelMacs(shared=shared, per_expert=per_expert,
+                     heads=max(model.num_branches, 1) * head[0] * head[1],
                      num_experts=model.num_experts)
 
 

@@ -42,7 +42,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ride_jax import flops, losses, metrics, optim
 from ride_jax.checkpointing import Checkpointer, abstract_like
-from ride_jax.configlib import LOSSES, STAGES
+from ride_jax.configlib import LOSSES, SCHEDULES, STAGES
 from ride_jax.data import load_cache, load_dataset, make_loader
 from ride_jax.data.base import ArrayDataset
 from ride_jax.data.loader import DATA_AXIS, data_mesh
@@ -60,7 +60,11 @@ TRAINABLE = {"train": None, "distill": None, "router": (("router",),),
 # Stages that start from ``config.init_from`` (a finished run's workdir).
 FROM_INIT = ("router", "crt", "eval")
 # Model settings a stage started from ``init_from`` (or a teacher) must share with it.
-MODEL_KEYS = ("arch", "num_experts", "reduce_dimension", "use_norm", "scale")
+MODEL_KEYS = ("arch", "num_experts", "reduce_dimension", "use_norm", "scale", "head",
+              "reslt_branches")
+# Values of model keys added after the first runs, for reading those runs' configs.
+MODEL_DEFAULTS = {"head": "plain", "reslt_branches": 3, "reslt_eval_gamma": -1.0,
+                  "reslt_train_order": "", "reslt_eval_order": ""}
 
 
 # ------------------------------------------------------------------------------ pieces
@@ -72,6 +76,24 @@ def build_dataset(config: ml_collections.ConfigDict):
     return load_dataset(config.dataset.name, **config.dataset.args.to_dict())
 
 
+def reslt_groups(loss_cfg: ml_collections.ConfigDict, train_counts: Any
+                 ) -> losses.ResLTGroups:
+    """The ResLT class groups ``loss.reslt_groups`` names (index or training frequency)."""
+    kind = losses.check_choice("loss.reslt_groups", loss_cfg.reslt_groups,
+                               ("index", "frequency"))
+    tail = None if loss_cfg.reslt_tail < 0 else int(loss_cfg.reslt_tail)
+    num_classes = len(train_counts)
+    try:
+        if kind == "index":
+            return losses.reslt_index_groups(num_classes, int(loss_cfg.reslt_medium_tail), tail)
+        return losses.reslt_frequency_groups(train_counts, int(loss_cfg.reslt_medium_tail),
+                                             tail)
+    except ValueError as e:
+        raise ValueError(f"loss.reslt_medium_tail={loss_cfg.reslt_medium_tail}, "
+                         f"loss.reslt_tail={loss_cfg.reslt_tail} ({kind} groups of "
+                         f"{num_classes} classes): {e}") from None
+
+
 def make_loss_fn(loss_cfg: ml_collections.ConfigDict, train_counts: Any, scale: float,
                  *, stage: str = "train", pos_weight: float = 100.0,
                  distill: ml_collections.ConfigDict | None = None) -> Callable:
@@ -80,6 +102,8 @@ def make_loss_fn(loss_cfg: ml_collections.ConfigDict, train_counts: Any, scale: 
     ``stage='router'``: the RIDE-EA router loss on ``outputs['router_logits']`` (weighted
     BCE, ``pos_weight``); ``stage='distill'``: the RIDE loss with self-distillation from
     ``outputs['teacher_logits']`` (``distill.temperature``, ``distill.factor``).
+    ``loss.name='reslt'``: the ResLT loss of each expert's ``outputs['branch_logits']``
+    ``[E, K, B, C]``, summed over the experts (official RIDE+ResLT; one expert: ResLT).
     """
     name = losses.check_choice("loss.name", loss_cfg.name, LOSSES)
     if stage == "router":
@@ -92,6 +116,25 @@ def make_loss_fn(loss_cfg: ml_collections.ConfigDict, train_counts: Any, scale: 
     if stage == "distill" and name != "ride":
         raise ValueError(f"stage 'distill' trains with the RIDE loss (official "
                          f"RIDELossWithDistill); loss.name is {name!r}")
+    if name == "reslt":
+        groups = reslt_groups(loss_cfg, train_counts)
+        beta = float(loss_cfg.reslt_beta)
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"loss.reslt_beta={beta} must lie in [0, 1]")
+        fused = losses.check_choice("loss.reslt_fused_ce", loss_cfg.reslt_fused_ce,
+                                    losses.RESLT_FUSED_CE)
+        smoothing = float(loss_cfg.label_smoothing)
+
+        def reslt_loss(outputs, labels, epoch):
+            if "branch_logits" not in outputs:
+                raise ValueError("loss.name='reslt' needs a ResLT network: set "
+                                 "model.head='reslt' (and model.use_norm=False)")
+            medium_tail, tail = losses.reslt_example_masks(groups, labels)
+            per_expert = jax.vmap(lambda z: losses.reslt_loss(
+                z, labels, medium_tail, tail, beta, fused_ce=fused,
+                label_smoothing=smoothing)[0])(outputs["branch_logits"].astype(jnp.float32))
+            return jnp.sum(per_expert), {}
+        return reslt_loss
     active = losses.ride_class_vectors(
         train_counts, max_margin=loss_cfg.max_margin, beta=loss_cfg.drw_beta,
         reweight_factor=loss_cfg.reweight_factor, base_temperature=loss_cfg.base_temperature,
@@ -152,10 +195,26 @@ class StreamLoader:
         return self.dataset.eval_iterator(self.eval_batch_size, mesh=self.mesh)
 
 
-def _model_from(m: ml_collections.ConfigDict, num_classes: int):
-    return create_model(m.arch, num_classes=num_classes, num_experts=m.num_experts,
-                        reduce_dimension=m.reduce_dimension, use_norm=m.use_norm,
-                        scale=m.scale, expert_impl=m.expert_impl, dtype=DTYPES[m.dtype])
+def _model_from(m: ml_collections.ConfigDict | dict, num_classes: int):
+    """The network of a config's ``model`` block (a run's saved JSON block too)."""
+    m = {**MODEL_DEFAULTS, **dict(m)}
+    reslt = {}
+    if m["head"] == "reslt":
+        gamma = float(m["reslt_eval_gamma"])
+        reslt = dict(reslt_branches=int(m["reslt_branches"]),
+                     reslt_eval_gamma=gamma if gamma >= 0 else None,
+                     reslt_train_order=m["reslt_train_order"] or None,
+                     reslt_eval_order=m["reslt_eval_order"] or None)
+        if m["arch"] == "resnet32":       # the CIFAR head has no pooling-order choice
+            for key in ("reslt_train_order", "reslt_eval_order"):
+                if reslt[key] is not None:
+                    raise ValueError(f"model.{key}={m[key]!r}: the CIFAR ResLT head "
+                                     "(arch resnet32) pools after its branch BNs; "
+                                     "leave it ''")
+    return create_model(m["arch"], num_classes=num_classes, num_experts=m["num_experts"],
+                        reduce_dimension=m["reduce_dimension"], use_norm=m["use_norm"],
+                        scale=m["scale"], expert_impl=m["expert_impl"],
+                        dtype=DTYPES[m["dtype"]], head=m["head"], **reslt)
 
 
 def create_state(model, tx, rng: jax.Array, sample_images: jax.Array) -> dict[str, Any]:
@@ -337,10 +396,30 @@ def load_run(workdir: str) -> tuple[dict, dict, dict | None]:
     return cfg, jax.device_get(variables), info
 
 
+def _check_reslt(config: ml_collections.ConfigDict) -> None:
+    """The ResLT loss and network settings agree (before anything is built)."""
+    m, loss = config.model, config.loss
+    losses.check_choice("model.head", m.head, ("plain", "reslt"))
+    if m.head == "reslt" and m.use_norm:
+        raise ValueError("model.head='reslt' shares one plain linear classifier across the "
+                         "branches (official ResLT): set --config.model.use_norm=False")
+    if loss.name != "reslt" or config.stage not in ("train", "crt"):
+        return
+    if m.head != "reslt":
+        raise ValueError(f"loss.name='reslt' trains ResLT branches: set "
+                         f"--config.model.head=reslt (model.head is {m.head!r})")
+    two = loss.reslt_tail < 0
+    if two != (m.reslt_branches == 2):
+        raise ValueError(f"loss.reslt_tail={loss.reslt_tail} and model.reslt_branches="
+                         f"{m.reslt_branches} disagree: 3 branches need a tail group "
+                         "(reslt_tail >= 0), 2 branches (H, M) need reslt_tail=-1")
+
+
 def _check_same_model(config: ml_collections.ConfigDict, other: dict, what: str,
                       keys=MODEL_KEYS) -> None:
-    diff = {k: (other["model"].get(k), config.model[k]) for k in keys
-            if other["model"].get(k) != config.model[k]}
+    theirs = {**MODEL_DEFAULTS, **other["model"]}
+    diff = {k: (theirs.get(k), config.model[k]) for k in keys
+            if theirs.get(k) != config.model[k]}
     if diff:
         detail = ", ".join(f"model.{k}={a!r} there but {b!r} here" for k, (a, b) in diff.items())
         raise ValueError(f"{what} has another network: {detail}; use the same settings "
@@ -497,6 +576,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     total_steps = config.epochs * spe
 
     stage = losses.check_choice("stage", config.stage, STAGES)
+    _check_reslt(config)
     model = _model_from(config.model, dataset.num_classes)
     sample = jnp.zeros((1,) + dataset.image_shape, jnp.float32)
 
@@ -530,18 +610,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             ("train", "eval"))
         t_cfg, t_vars, t_info = load_run(config.distill.teacher)
         _check_same_data(described, t_info, f"teacher {config.distill.teacher!r}")
-        teacher = _model_from(ml_collections.ConfigDict(t_cfg["model"]), dataset.num_classes)
+        teacher = _model_from(t_cfg["model"], dataset.num_classes)
         consts = {"teacher": jax.device_put(t_vars, repl)}
     elif config.distill.teacher:
         raise ValueError(f"distill.teacher is only used by stage 'distill', not {stage!r}")
 
     o = config.optim
-    losses.check_choice("optim.schedule", o.schedule, ("custom", "cosine"))
+    losses.check_choice("optim.schedule", o.schedule, SCHEDULES)
     if o.schedule == "cosine":
         schedule = optim.cosine_epoch_schedule(o.lr, spe, max(config.epochs, 1))
+    elif o.schedule == "warmup_cosine":
+        schedule = optim.warmup_cosine_epoch_schedule(
+            o.lr, spe, max(config.epochs, o.warmup_epochs + 1), o.warmup_epochs)
     else:
         schedule = optim.custom_lr_schedule(o.lr, spe, warmup_epochs=o.warmup_epochs,
-                                            step1=o.step1, step2=o.step2, gamma=o.gamma)
+                                            step1=o.step1, step2=o.step2, gamma=o.gamma,
+                                            warmup_from=o.warmup_from)
     tx = optim.make_optimizer(schedule, weight_decay=o.weight_decay, momentum=o.momentum,
                               nesterov=o.nesterov)
     loss_fn = make_loss_fn(config.loss, train_counts, config.model.scale, stage=stage,
