@@ -19,7 +19,12 @@ Beyond stage 1 (``stage`` argument, see ``configs/common.py``: ``apply_stage``):
     python -m ride_jax.main --config=configs/cifar100_lt.py:loss=ce,stage=eval \\
         --config.init_from=runs/c100_ce --config.tau=1.0 --workdir=runs/c100_ce_tau1
 
-Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal, stage
+    # ResLT (ResLTResNet32, beta 0.995 at ratio 100) and RIDE-3 experts with ResLT heads
+    python -m ride_jax.main --config=configs/cifar100_lt.py:loss=reslt --workdir=runs/c100_reslt
+    python -m ride_jax.main --config=configs/cifar100_lt.py:loss=ride_reslt --workdir=...
+
+Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride_reslt
+(``configs/common.py``: ``apply_loss_preset``, ``apply_reslt_cifar``), stage
 train|router|distill|crt|eval, smoke (2 epochs on a ratio-10 subset with 20 head
 images, for checking an install; ratio is ignored).
 """
@@ -33,4 +38,5 @@ def get_config(arg=None):
     a = common.parse_small_image_arg(arg)
     # smoke: about a minute on a 2-core CPU: ratio 10 from 20 head images (782).
     return common.small_image_config(a, "cifar100_lt", {"ratio": float(a.ratio)},
-                                     {"ratio": 10.0, "img_max": 20.0})
+                                     {"ratio": 10.0, "img_max": 20.0},
+                                     reslt_groups="cifar100")

@@ -5,7 +5,8 @@
     python -m ride_jax.main --config=configs/cifar10_lt.py:loss=ldam_drw --workdir=...
     python -m ride_jax.main --config=configs/cifar10_lt.py:smoke --workdir=/tmp/c10_smoke
 
-Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal, stage
+Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride_reslt
+(ResLT: the CIFAR-10 groups and beta, ``configs/common.py``: ``apply_reslt_cifar``), stage
 train|router|distill|crt|eval (as in cifar100_lt.py; the router sees all 10 sorted
 logits, top_k = 10), smoke (two
 epochs on a head class of 200 images and ratio 10, whatever ``ratio`` says: an install

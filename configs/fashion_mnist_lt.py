@@ -8,7 +8,8 @@
         --config.init_from=runs/fm500 --workdir=runs/fm500_ea
     python -m ride_jax.main --config=configs/fashion_mnist_lt.py:smoke --workdir=/tmp/fm_smoke
 
-Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal, img_max (head
+Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride_reslt
+(ResLT: the CIFAR-10 groups and beta, ``configs/common.py``: ``apply_reslt_cifar``), img_max (head
 class size, default 6000 = all of Fashion-MNIST; 500 gives few-shot classes), stage
 train|router|distill|crt|eval, smoke (two
 epochs on a head class of 200 images and ratio 10, whatever ``ratio`` says, read with

@@ -4,7 +4,12 @@
     python -m ride_jax.main --config=configs/inat2018.py:experts=4 --workdir=...
     python -m ride_jax.main --config=configs/inat2018.py:data_dir=/data/tfds --workdir=...
 
-Arguments: experts 1..6 (default 3), loss ride|ldam_drw|ce|focal, stage
+    # ResLT ResNet-50 (R50.sh: two branches) and RIDE ResNet-50 + ResLT (72.9 %)
+    python -m ride_jax.main --config=configs/inat2018.py:loss=reslt --workdir=runs/inat_reslt
+    python -m ride_jax.main --config=configs/inat2018.py:loss=ride_reslt --workdir=...
+
+Arguments: experts 1..6 (default 3), loss ride|ldam_drw|ce|focal|reslt|ride_reslt
+(ResLT: ``configs/imagenet_lt.py``: ``apply_reslt_recipe``), stage
 train|router|distill|crt|eval, backbone r50 (official;
 r10|rx50 also accepted), data_dir (tfds data folder; default ``$TFDS_DATA_DIR`` or
 ``~/tensorflow_datasets``). No smoke variant: the data cannot be had offline.

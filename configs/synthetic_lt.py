@@ -3,7 +3,7 @@
     python -m ride_jax.main --config=configs/synthetic_lt.py:smoke --workdir=runs/synthetic
     python -m ride_jax.main --config=configs/synthetic_lt.py:experts=2,loss=ldam_drw --workdir=...
 
-Arguments: experts 1..6, loss ride|ldam_drw|ce|focal, stage
+Arguments: experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride_reslt, stage
 train|router|distill|crt|eval (``configs/common.py``: ``apply_stage``), smoke (16x16
 images, 2 epochs of a few steps: seconds after compilation).
 """
@@ -20,8 +20,8 @@ def get_config(arg=None):
     c.dataset.name = "synthetic_lt"
     c.dataset.args = {"num_classes": 10, "img_max": 500, "ratio": 100.0, "image_size": 32,
                       "test_per_class": 100, "seed": 0}
-    common.apply_loss_preset(c, a.loss)
-    if a.loss == "ride":
+    common.apply_loss_preset(c, a.loss, ratio=100, reslt_groups="cifar10")
+    if a.loss in ("ride", "ride_reslt"):
         c.model.num_experts = a.experts
     c.router.top_k = 10                     # = the number of classes
     common.apply_stage(c, a.stage, distill_warmup_epochs=20)   # CIFAR-style
