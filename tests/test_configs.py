@@ -21,7 +21,8 @@ from ride_jax.data.registry import dataset_arguments, dataset_builder
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
-LOSSES = ["ride", "ldam_drw", "ce", "focal"]
+LOSSES = ["ride", "ldam_drw", "ce", "focal", "reslt", "ride_reslt"]
+RIDE_LOSSES = ["ride", "ldam_drw", "ce", "focal"]     # places_lt: ResLT ships no recipe
 EXPERTS = [1, 2, 3, 4, 5, 6]
 RATIOS = [100, 50, 10]
 BACKBONES = {"r10": "resnet10", "r50": "resnet50", "rx50": "resnext50"}
@@ -42,7 +43,7 @@ ARGS = {
                     "data_dir": ["/tmp/tfds"], "stage": STAGES},
     "inat2018": {"backbone": list(BACKBONES), "experts": EXPERTS, "loss": LOSSES,
                  "data_dir": ["/tmp/tfds"], "stage": STAGES},
-    "places_lt": {"backbone": list(BACKBONES), "experts": EXPERTS, "loss": LOSSES,
+    "places_lt": {"backbone": list(BACKBONES), "experts": EXPERTS, "loss": RIDE_LOSSES,
                   "image_root": ["/tmp/places365"], "data_dir": ["/tmp/tfds"],
                   "stage": STAGES},
 }
@@ -115,6 +116,9 @@ def test_loads_with_argument(name, arg):
 
     # The arguments are applied.
     loss = a.get("loss", "ride")
+    if loss in ("reslt", "ride_reslt"):
+        _check_reslt_applied(c, name, a)
+        return
     assert c.loss.name == loss
     if loss == "ride":
         assert c.model.num_experts == int(a.get("experts", 3))
@@ -178,6 +182,101 @@ def test_loads_with_argument(name, arg):
         assert c.data.augment == "none"       # the streaming loader augments
 
 
+def _check_reslt_applied(c, name, a):
+    """loss=reslt|ride_reslt: ResLT heads and loss; RIDE's experts only for ride_reslt."""
+    ride = a["loss"] == "ride_reslt"
+    assert c.loss.name == "reslt" and c.model.head == "reslt"
+    assert c.model.use_norm is False
+    assert c.model.num_experts == (int(a.get("experts", 3)) if ride else 1)
+    assert c.data.remainder == "drop"                   # official drop_last=True
+    assert 0 < c.loss.reslt_beta < 1
+    assert c.model.reslt_branches == (2 if name == "inat2018" else 3)
+    assert (c.loss.reslt_tail < 0) == (c.model.reslt_branches == 2)
+    stage = a.get("stage", "train")
+    assert c.stage == stage
+    if stage != "train":
+        return
+    if name in CIFAR_STYLE:
+        assert c.loss.reslt_groups == "index"
+        assert c.model.reduce_dimension is ride
+        assert c.data.augment == "ldam"                 # crop + flip, no rotation
+        assert c.optim.schedule == "custom" and c.optim.warmup_from == pytest.approx(1 / 3)
+        assert c.optim.gamma == 0.1
+    else:
+        assert c.loss.reslt_groups == "frequency"
+        assert c.data.augment == "none"
+        assert c.optim.schedule in ("cosine", "warmup_cosine")
+        assert c.optim.nesterov is False
+        assert c.model.reslt_eval_gamma >= 0
+
+
+@pytest.mark.parametrize("name", ["cifar100_lt", "cifar10_lt"])
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_reslt_cifar_official_recipe(name, ratio):
+    """ride-spec.md §8.3-8.4: ResLTResNet32, beta per ratio, groups, schedule."""
+    c = _load(name, f"loss=reslt,ratio={ratio}")
+    beta = {"cifar100_lt": {100: 0.995, 50: 0.99, 10: 0.72},
+            "cifar10_lt": {100: 0.998, 50: 0.998, 10: 0.96}}[name][ratio]
+    assert c.loss.reslt_beta == beta
+    groups = {"cifar100_lt": (35, 70), "cifar10_lt": (2, 4)}[name]
+    assert (c.loss.reslt_medium_tail, c.loss.reslt_tail) == groups
+    assert c.loss.reslt_fused_ce == "plain" and c.loss.label_smoothing == 0
+    assert c.model.arch == "resnet32" and c.model.num_experts == 1
+    assert not c.model.reduce_dimension and c.model.reslt_eval_gamma < 0  # no --gamma
+    assert c.data.batch_size == 128 and c.epochs == 200
+    o = c.optim
+    assert (o.lr, o.momentum, o.weight_decay, o.nesterov) == (0.1, 0.9, 5e-4, True)
+    assert (o.warmup_epochs, o.step1, o.step2, o.gamma) == (5, 160, 180, 0.1)
+    assert o.schedule == "custom" and o.warmup_from == pytest.approx(1 / 3)
+
+
+def test_reslt_imagenet_lt_official_recipes():
+    """ride-spec.md §8.4: R10.sh, X50.sh and X50_bt128_reslt_ride.sh."""
+    for backbone, arch, gamma, order in (("r10", "resnet10", 0.3, "pool_conv"),
+                                         ("rx50", "resnext50", 0.7, "conv_pool")):
+        c = _load("imagenet_lt", f"loss=reslt,backbone={backbone}")
+        assert c.model.arch == arch and c.model.num_experts == 1
+        assert not c.model.reduce_dimension
+        assert c.model.reslt_eval_gamma == gamma
+        assert (c.model.reslt_train_order, c.model.reslt_eval_order) == (order, "pool_conv")
+        assert (c.data.batch_size, c.optim.lr, c.epochs) == (256, 0.1, 180)
+    ride = _load("imagenet_lt", "loss=ride_reslt,backbone=rx50")
+    assert ride.model.num_experts == 3 and ride.model.reduce_dimension
+    assert ride.model.reslt_eval_gamma == 0.7
+    assert ride.model.reslt_train_order == "conv_pool"
+    assert (ride.data.batch_size, ride.optim.lr, ride.epochs) == (128, 0.05, 180)
+    for c in (_load("imagenet_lt", "loss=reslt,backbone=rx50"), ride):
+        assert c.loss.reslt_beta == 0.99 and c.loss.reslt_groups == "frequency"
+        assert (c.loss.reslt_medium_tail, c.loss.reslt_tail) == (825, 220)
+        assert c.loss.reslt_fused_ce == "eps" and c.loss.label_smoothing == 0
+        o = c.optim
+        assert (o.momentum, o.weight_decay, o.nesterov) == (0.9, 5e-4, False)
+        assert (o.schedule, o.warmup_epochs) == ("warmup_cosine", 5)
+
+
+def test_reslt_inat_official_recipes():
+    """ride-spec.md §8.4: R50.sh (two branches, cosine without warm-up), R50_ride_reslt.sh."""
+    c = _load("inat2018", "loss=reslt")
+    ride = _load("inat2018", "loss=ride_reslt")
+    for x in (c, ride):
+        assert x.model.arch == "resnet50" and x.model.reslt_branches == 2
+        assert (x.loss.reslt_medium_tail, x.loss.reslt_tail) == (6600, -1)
+        assert x.loss.reslt_beta == 0.85 and x.loss.reslt_fused_ce == "plain"
+        assert x.model.reslt_eval_gamma == 0.3 and x.model.reslt_train_order == "conv_pool"
+        assert (x.data.batch_size, x.optim.lr, x.epochs) == (256, 0.1, 200)
+        assert (x.optim.weight_decay, x.optim.nesterov) == (1e-4, False)
+    assert c.model.num_experts == 1 and (c.optim.schedule, c.optim.warmup_epochs) == (
+        "cosine", 0)
+    assert ride.model.num_experts == 3 and not ride.model.reduce_dimension  # not reduced
+    assert (ride.optim.schedule, ride.optim.warmup_epochs) == ("warmup_cosine", 5)
+
+
+@pytest.mark.parametrize("loss", ["reslt", "ride_reslt"])
+def test_places_lt_refuses_reslt(loss):
+    with pytest.raises(ValueError, match="ResLT ships recipes for.*places_lt"):
+        _load("places_lt", f"loss={loss}")
+
+
 def test_locked_config_rejects_unknown_keys():
     for name in ARGS:
         c = _load(name)
@@ -202,7 +301,7 @@ def test_bad_value_names_valid_choices(name, key, bad):
     msg = str(e.value)
     assert "valid choices" in msg and key in msg
     expected = {"ratio": RATIOS, "experts": EXPERTS, "loss": LOSSES,
-                "backbone": list(BACKBONES)}[key]
+                "backbone": list(BACKBONES)}[key]   # places_lt too lists every method
     for v in expected:
         assert repr(v) in msg
 
