@@ -41,3 +41,15 @@ def pytest_runtest_makereport(item, call):
 def pytest_make_collect_report(collector):
     outcome = yield
     _fail_skip(outcome.get_result())
+
+
+@pytest.fixture(scope="session")
+def ride2_run(tmp_path_factory):
+    """A finished stage-1 RIDE-2 run on the synthetic smoke data (2 epochs), shared by the
+    stage and analysis tests (one training per session)."""
+    from ride_jax.train import train_and_evaluate
+
+    from helpers import synthetic_config
+    d = tmp_path_factory.mktemp("ride2")
+    assert train_and_evaluate(synthetic_config("experts=2"), str(d))["status"] == "finished"
+    return d

@@ -40,12 +40,9 @@ _run_main = run_main
 
 
 @pytest.fixture(scope="module")
-def ride2(tmp_path_factory):
-    """A finished stage-1 RIDE-2 run (2 epochs)."""
-    d = tmp_path_factory.mktemp("ride2")
-    out = train_and_evaluate(_cfg("experts=2"), str(d))
-    assert out["status"] == "finished"
-    return d
+def ride2(ride2_run):
+    """A finished stage-1 RIDE-2 run (2 epochs; conftest's, shared)."""
+    return ride2_run
 
 
 @pytest.fixture(scope="module")

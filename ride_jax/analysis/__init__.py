@@ -26,6 +26,10 @@ of per-class values, ``None`` for a group without classes, as in
 :func:`ride_jax.metrics.summarize`. The functions take NumPy arrays (or anything
 ``np.asarray`` accepts, e.g. ``jax.device_get`` outputs), keep no state and raise
 ``ValueError`` naming the bad argument. Plots are written as 640 x 480 PNGs.
+
+Of a finished run: :func:`ride_jax.analysis.runs.predict_run` (its test outputs) and
+:func:`ride_jax.analysis.runs.analyze_run` (figures and ``analysis.json``), also as
+``python -m ride_jax.analysis run --workdir=DIR``.
 """
 
 from ride_jax.analysis.core import (GROUPS, SPLITS, bias_variance, bias_variance_table,

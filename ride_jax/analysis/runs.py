@@ -1,0 +1,151 @@
+"""Analyses of a finished run: its test predictions, per-class figures and a summary.
+
+``predict_run(workdir)`` evaluates the newest checkpoint of a run on its test set with
+the run's own settings (test-time classifier, ``tau``, routed inference when the run
+has a router) and returns host arrays; ``analyze_run(workdir)`` writes the figures and
+``analysis.json`` into ``<workdir>/analysis``. The command line is
+``python -m ride_jax.analysis run --workdir=DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from ride_jax.analysis import core, plots
+
+# A confusion matrix is drawn only for this many classes or fewer (readable at 640 px).
+CONFUSION_MAX_CLASSES = 30
+
+
+def predict_run(workdir: str | os.PathLike, *, dataset: Any = None,
+                batch_size: int | None = None) -> dict[str, Any]:
+    """Test-set outputs of a finished run (its newest checkpoint), on the host.
+
+    Args:
+      workdir: the run's workdir.
+      dataset: the in-memory dataset to use instead of the one the run's config names
+        (e.g. when its files moved); must have the run's number of classes.
+      batch_size: evaluation batch (default: the run's ``data.eval_batch_size``).
+
+    Returns:
+      ``{'logits': [N, C] float32 (what the run's evaluation scores), 'expert_logits':
+      [E, N, C], 'labels': [N] int, 'num_experts': [N] int (experts used; E without a
+      router), 'train_counts': [C], 'class_names': list | None, 'config': dict}``.
+    """
+    from ride_jax.data.base import ArrayDataset
+    from ride_jax.data.loader import data_mesh
+    from ride_jax.data import make_loader
+    from ride_jax.models import make_router, routed_apply, tau_normalize
+    from ride_jax.train import DTYPES, _model_from, build_dataset, load_run
+
+    cfg, variables, _ = load_run(os.fspath(workdir))
+    config = ml_collections.ConfigDict(cfg)
+    ds = build_dataset(config) if dataset is None else dataset
+    if not isinstance(ds, ArrayDataset):
+        raise ValueError(f"run analysis needs an in-memory dataset; {config.dataset.name!r} "
+                         "is streamed (prepare a cache with python -m ride_jax.data.prepare "
+                         "and pass it as dataset=load_cache(...))")
+    model = _model_from(cfg["model"], ds.num_classes)
+    mesh = data_mesh(jax.devices()[:1])
+    loader = make_loader(ds, config.data.batch_size,
+                         eval_batch_size=batch_size or config.data.eval_batch_size, mesh=mesh,
+                         augment="none", dtype=DTYPES[config.model.dtype])
+    if config.tau >= 0:
+        variables = tau_normalize(variables, config.tau)
+    router = None
+    if "router" in variables["params"]:
+        router = make_router(model, ds.image_shape, top_k=config.router.top_k,
+                             hidden=config.router.hidden)
+
+    @jax.jit
+    def apply(variables, images):
+        out = model.apply(variables, images, train=False)
+        logits = out["logits"]
+        used = jax.numpy.full(images.shape[:1], model.num_experts, jax.numpy.int32)
+        if router is not None:
+            r = routed_apply(model, router, variables, images,
+                             num_buckets=config.router.num_buckets,
+                             force_all=config.router.force_all)
+            logits, used = r["logits"], r["num_experts"]
+        return logits, out["expert_logits"], used
+
+    parts = []
+    for batch in loader.eval_batches():
+        logits, expert, used = apply(variables, batch["image"])
+        keep = np.asarray(batch["mask"])
+        parts.append((np.asarray(logits, np.float32)[keep],
+                      np.asarray(expert, np.float32)[:, keep],
+                      np.asarray(batch["label"])[keep], np.asarray(used)[keep]))
+    logits, expert, labels, used = zip(*parts)
+    return {"logits": np.concatenate(logits), "expert_logits": np.concatenate(expert, axis=1),
+            "labels": np.concatenate(labels).astype(np.int64),
+            "num_experts": np.concatenate(used).astype(np.int64),
+            "train_counts": np.asarray(ds.train_counts), "class_names": ds.class_names,
+            "config": cfg}
+
+
+def analyze_run(workdir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
+                dataset: Any = None, predictions: dict | None = None) -> dict[str, Any]:
+    """Figures and a JSON summary of a finished run, in ``out_dir`` (``<workdir>/analysis``).
+
+    Writes ``accuracy_vs_count.png``, ``hardest_negatives.png``, ``confusion.png`` (for
+    at most :data:`CONFUSION_MAX_CLASSES` classes), ``expert_usage.png`` (runs with a
+    router) and ``analysis.json`` (per-class accuracy and training counts, accuracy and
+    mean hardest-negative score per shot group, experts used per class).
+
+    Args:
+      predictions: :func:`predict_run`'s output, if already computed.
+
+    Returns:
+      The summary written to ``analysis.json`` plus ``'files'`` (the paths written).
+    """
+    p = predict_run(workdir, dataset=dataset) if predictions is None else predictions
+    out_dir = os.fspath(out_dir or os.path.join(os.fspath(workdir), "analysis"))
+    os.makedirs(out_dir, exist_ok=True)
+    labels, counts = p["labels"], np.asarray(p["train_counts"])
+    num_classes = len(counts)
+    preds = p["logits"].argmax(-1)
+    acc = core.per_class_accuracy(preds, labels, num_classes)
+    hardest = core.hardest_negative_scores(core.softmax(p["logits"]), labels)
+    files = [plots.plot_accuracy_vs_count(acc, counts, os.path.join(out_dir,
+                                                                    "accuracy_vs_count.png"))]
+    files.append(plots.plot_hardest_negative_histograms(
+        core.histograms_by_group(hardest, labels, counts),
+        os.path.join(out_dir, "hardest_negatives.png")))
+    if num_classes <= CONFUSION_MAX_CLASSES:
+        files.append(plots.plot_confusion_matrix(
+            core.confusion_matrix(preds, labels, num_classes),
+            os.path.join(out_dir, "confusion.png"), class_names=p.get("class_names")))
+    num_experts = p["expert_logits"].shape[0]
+    usage = np.zeros((num_experts, num_classes), np.int64)
+    np.add.at(usage, (p["num_experts"] - 1, labels), 1)
+    if "router" in p["config"].get("stage", "") or np.any(p["num_experts"] < num_experts):
+        files.append(plots.plot_expert_usage(usage, counts,
+                                             os.path.join(out_dir, "expert_usage.png")))
+
+    def clean(x):
+        return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
+
+    summary = {
+        "workdir": os.path.abspath(os.fspath(workdir)),
+        "accuracy": float(np.mean(preds == labels)),
+        "groups": {g: clean(v) for g, v in core.group_means(acc, counts).items()},
+        "hardest_negative_mean": {
+            g: clean(v) for g, v in
+            core.group_means(core.per_class_means(hardest, labels, num_classes),
+                             counts).items()},
+        "per_class": {"train_count": counts.tolist(),
+                      "accuracy": [clean(a) for a in acc],
+                      "experts_used": usage.T.tolist()},
+        "mean_experts": float(np.mean(p["num_experts"])),
+    }
+    with open(os.path.join(out_dir, "analysis.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    summary["files"] = files
+    return summary
