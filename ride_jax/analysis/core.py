@@ -321,6 +321,16 @@ def histograms_by_group(scores: Any, labels: Any, train_counts: Any, bins: int =
 # --------------------------------------------------------------------------- accuracy
 
 
+def _predictions_and_labels(predictions: Any, labels: Any, num_classes: int
+                            ) -> tuple[int, np.ndarray, np.ndarray]:
+    """Validated ``(C, predictions [N], labels [N])``."""
+    c = _check_num_classes(num_classes)
+    p = _int_array(predictions, "predictions", 1)
+    y = _labels(labels, c, len(p))
+    _check_range(p, "predictions", c)
+    return c, p, y
+
+
 def per_class_accuracy(predictions: Any, labels: Any, num_classes: int) -> np.ndarray:
     """Accuracy within each true class.
 
@@ -332,10 +342,7 @@ def per_class_accuracy(predictions: Any, labels: Any, num_classes: int) -> np.nd
     Returns:
       ``[C]`` float64; NaN for a class without examples.
     """
-    c = _check_num_classes(num_classes)
-    p = _int_array(predictions, "predictions", 1)
-    y = _labels(labels, c, len(p))
-    _check_range(p, "predictions", c)
+    c, p, y = _predictions_and_labels(predictions, labels, num_classes)
     return per_class_means((p == y).astype(np.float64), y, c)
 
 
@@ -351,10 +358,7 @@ def confusion_matrix(predictions: Any, labels: Any, num_classes: int) -> np.ndar
       ``[C, C]`` int64; entry ``[t, p]`` counts examples of true class t predicted p
       (rows = true class).
     """
-    c = _check_num_classes(num_classes)
-    p = _int_array(predictions, "predictions", 1)
-    y = _labels(labels, c, len(p))
-    _check_range(p, "predictions", c)
+    c, p, y = _predictions_and_labels(predictions, labels, num_classes)
     return np.bincount(y * c + p, minlength=c * c).reshape(c, c).astype(np.int64)
 
 
