@@ -32,6 +32,7 @@ top. The official runs used DataParallel over 4 (R10) or 8 GPUs, so BatchNorm sa
 """
 
 from ride_jax.configlib import METHODS, check_choice, parse_arg
+from ride_jax.losses import RESLT_FREQUENCY_GROUPS
 from ride_jax.models.reslt import RESLT_EVAL_GAMMA
 
 from configs import common
@@ -82,13 +83,13 @@ def apply_imagenet_recipe(c, *, backbone, experts, loss, batch_size=256, lr=0.1,
         c.eval_every_epochs = 1
 
 
-# ResLT's scripts per dataset (ride-spec.md §8.3-8.4): groups by training frequency (the
-# medium+tail / tail group = that many rarest classes; -1: two branches, no tail).
+# ResLT's scripts per dataset (ride-spec.md §8.4); the groups by training frequency are
+# ride_jax.losses.RESLT_FREQUENCY_GROUPS.
 RESLT_RECIPES = {
     "imagenet_lt": dict(epochs=180, lr=0.1, batch_size=256, weight_decay=5e-4, beta=0.99,
-                        medium_tail=825, tail=220, fused_ce="eps", warmup_epochs=5),
+                        fused_ce="eps", warmup_epochs=5),
     "inat2018": dict(epochs=200, lr=0.1, batch_size=256, weight_decay=1e-4, beta=0.85,
-                     medium_tail=6600, tail=-1, fused_ce="plain", warmup_epochs=0),
+                     fused_ce="plain", warmup_epochs=0),
 }
 
 
@@ -116,12 +117,14 @@ def apply_reslt_recipe(c, *, backbone, experts, ride, stage="train"):
         raise ValueError(f"loss=reslt/ride_reslt: ResLT ships recipes for "
                          f"{sorted(RESLT_RECIPES)} (and the CIFAR-style configs), not {name!r}")
     r = RESLT_RECIPES[name]
+    groups = RESLT_FREQUENCY_GROUPS[name]
+    tail = -1 if groups["tail_size"] is None else groups["tail_size"]   # -1: two branches
     c.model.arch = BACKBONES[backbone]
     c.model.head = "reslt"
     c.model.use_norm = False
     c.model.num_experts = experts if ride else 1
     c.model.reduce_dimension = ride and name == "imagenet_lt"
-    c.model.reslt_branches = 2 if r["tail"] < 0 else 3
+    c.model.reslt_branches = 2 if tail < 0 else 3
     gamma_key = f"{name}_{'ride_' if ride else ''}{c.model.arch}"
     c.model.reslt_eval_gamma = RESLT_EVAL_GAMMA.get(
         gamma_key, RESLT_EVAL_GAMMA["imagenet_lt_resnext50"])
@@ -131,8 +134,8 @@ def apply_reslt_recipe(c, *, backbone, experts, ride, stage="train"):
     c.loss.name = "reslt"
     c.loss.reslt_beta = r["beta"]
     c.loss.reslt_groups = "frequency"
-    c.loss.reslt_medium_tail = r["medium_tail"]
-    c.loss.reslt_tail = r["tail"]
+    c.loss.reslt_medium_tail = groups["medium_tail_size"]
+    c.loss.reslt_tail = tail
     c.loss.reslt_fused_ce = r["fused_ce"]
     c.loss.label_smoothing = 0.0
     c.data.batch_size = 128 if ride and name == "imagenet_lt" else r["batch_size"]

@@ -397,12 +397,9 @@ def load_run(workdir: str) -> tuple[dict, dict, dict | None]:
 
 
 def _check_reslt(config: ml_collections.ConfigDict) -> None:
-    """The ResLT loss and network settings agree (before anything is built)."""
+    """The ResLT loss and network settings agree (before anything is built; the head's
+    own options are checked by ``create_model``)."""
     m, loss = config.model, config.loss
-    losses.check_choice("model.head", m.head, ("plain", "reslt"))
-    if m.head == "reslt" and m.use_norm:
-        raise ValueError("model.head='reslt' shares one plain linear classifier across the "
-                         "branches (official ResLT): set --config.model.use_norm=False")
     if loss.name != "reslt" or config.stage not in ("train", "crt"):
         return
     if m.head != "reslt":

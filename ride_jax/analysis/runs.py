@@ -36,7 +36,8 @@ def predict_run(workdir: str | os.PathLike, *, dataset: Any = None,
     Returns:
       ``{'logits': [N, C] float32 (what the run's evaluation scores), 'expert_logits':
       [E, N, C], 'labels': [N] int, 'num_experts': [N] int (experts used; E without a
-      router), 'train_counts': [C], 'class_names': list | None, 'config': dict}``.
+      router), 'routed': bool (the run has a router), 'train_counts': [C],
+      'class_names': list | None, 'config': dict}``.
     """
     from ride_jax.data.base import ArrayDataset
     from ride_jax.data.loader import data_mesh
@@ -85,7 +86,7 @@ def predict_run(workdir: str | os.PathLike, *, dataset: Any = None,
     logits, expert, labels, used = zip(*parts)
     return {"logits": np.concatenate(logits), "expert_logits": np.concatenate(expert, axis=1),
             "labels": np.concatenate(labels).astype(np.int64),
-            "num_experts": np.concatenate(used).astype(np.int64),
+            "num_experts": np.concatenate(used).astype(np.int64), "routed": router is not None,
             "train_counts": np.asarray(ds.train_counts), "class_names": ds.class_names,
             "config": cfg}
 
@@ -125,7 +126,7 @@ def analyze_run(workdir: str | os.PathLike, out_dir: str | os.PathLike | None = 
     num_experts = p["expert_logits"].shape[0]
     usage = np.zeros((num_experts, num_classes), np.int64)
     np.add.at(usage, (p["num_experts"] - 1, labels), 1)
-    if "router" in p["config"].get("stage", "") or np.any(p["num_experts"] < num_experts):
+    if p["routed"]:
         files.append(plots.plot_expert_usage(usage, counts,
                                              os.path.join(out_dir, "expert_usage.png")))
 
