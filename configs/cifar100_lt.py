@@ -26,7 +26,8 @@ Beyond stage 1 (``stage`` argument, see ``configs/common.py``: ``apply_stage``):
 Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride_reslt
 (``configs/common.py``: ``apply_loss_preset``, ``apply_reslt_cifar``), stage
 train|router|distill|crt|eval, smoke (2 epochs on a ratio-10 subset with 20 head
-images, for checking an install; ratio is ignored).
+images, for checking an install; ratio is ignored), epochs N (the recipe's schedule compressed to N epochs, ``common.apply_epoch_budget``;
+not an official recipe: a budget-limited comparison).
 """
 
 from configs import common

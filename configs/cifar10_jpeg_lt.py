@@ -11,7 +11,8 @@ Arguments: path (a ``train/<class>/NNNN.jpg`` + ``test/...`` folder or zip; defa
 this file's location), ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride_reslt
 (ResLT: the CIFAR-10 groups and beta, ``configs/common.py``: ``apply_reslt_cifar``),
 stage train|router|distill|crt|eval (as in cifar100_lt.py; router top_k = 10), smoke (two epochs on a head class of 100 images and
-ratio 10, whatever ``ratio`` says).
+ratio 10, whatever ``ratio`` says), epochs N (the recipe's schedule compressed to N epochs, ``common.apply_epoch_budget``;
+not an official recipe: a budget-limited comparison).
 
 Dataset ``image_folder_lt`` (``ride_jax.data.image_folder``): classes in sorted folder
 order (= the CIFAR-10 label order), files in name order (= the original order within a

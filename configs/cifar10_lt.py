@@ -10,7 +10,8 @@ Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride
 train|router|distill|crt|eval (as in cifar100_lt.py; the router sees all 10 sorted
 logits, top_k = 10), smoke (two
 epochs on a head class of 200 images and ratio 10, whatever ``ratio`` says: an install
-check).
+check), epochs N (the recipe's schedule compressed to N epochs, ``common.apply_epoch_budget``;
+not an official recipe: a budget-limited comparison).
 
 RIDE ships no CIFAR-10 config (its CIFAR-10 loader is fixed at ratio 100): this is the
 CIFAR-100-LT recipe unchanged (batch 128, 200 epochs, lr 0.1, wd 5e-4, Nesterov, warmup

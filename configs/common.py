@@ -235,13 +235,49 @@ def apply_smoke(c: ml_collections.ConfigDict) -> None:
     c.log_every_steps = 5
 
 
+def apply_epoch_budget(c: ml_collections.ConfigDict, epochs: int) -> None:
+    """Compress (or stretch) the recipe's schedule to ``epochs`` epochs, keeping its shape.
+
+    Every epoch-valued key scales by ``epochs / c.epochs`` and is rounded (Python's
+    ``round``): ``optim.warmup_epochs`` (at least 1 when the recipe warms up),
+    ``optim.step1``, ``optim.step2`` and ``loss.reweight_epoch`` (DRW, class temperatures).
+    The 200-epoch CIFAR recipe at ``epochs=12``: warm-up 1, DRW and the first LR step
+    from epoch 11 (``reweight_epoch = step1 = 10``), the second from epoch 12. Not an
+    official recipe: results from it are budget-limited and say so.
+    """
+    epochs = int(epochs)
+    if epochs < 1:
+        raise ValueError(f"config argument epochs={epochs} must be >= 1 (0: the recipe's own "
+                         f"{c.epochs})")
+    if c.epochs < 1:
+        raise ValueError("config argument epochs= has no schedule to scale in stage=eval")
+    f = epochs / c.epochs
+
+    def scale(v):
+        return min(epochs, int(round(v * f)))
+
+    warmup = c.optim.warmup_epochs
+    c.optim.warmup_epochs = max(1, scale(warmup)) if warmup > 0 else 0
+    c.optim.step1 = scale(c.optim.step1)
+    c.optim.step2 = scale(c.optim.step2)
+    c.loss.reweight_epoch = scale(c.loss.reweight_epoch)
+    c.epochs = epochs
+
+
 def parse_small_image_arg(arg, **extra):
-    """The ``:args`` of the CIFAR-style recipes: ratio 100|50|10, experts 1..6, loss, smoke."""
+    """The ``:args`` of the CIFAR-style recipes: ratio 100|50|10, experts 1..6, loss, smoke,
+    epochs (0: the recipe's own; N: :func:`apply_epoch_budget`)."""
     a = parse_arg(arg, ratio=100, experts=3, loss="ride", smoke=False, stage="train",
-                  **extra)
+                  epochs=0, **extra)
     check_choice("ratio", a.ratio, (100, 50, 10))
     check_choice("stage", a.stage, STAGES)
     check_choice("experts", a.experts, range(1, 7))
+    if a.epochs < 0:
+        raise ValueError(f"config argument epochs={a.epochs} must be >= 1 (0 or absent: the "
+                         "recipe's own)")
+    if a.epochs and a.smoke:
+        raise ValueError("config arguments smoke and epochs= exclude each other: smoke has "
+                         "its own two-epoch schedule")
     return a
 
 
@@ -261,6 +297,8 @@ def small_image_config(a, dataset: str, args: dict, smoke_args: dict, *,
         c.model.num_experts = a.experts
     c.router.top_k = router_top_k
     apply_stage(c, a.stage, distill_warmup_epochs=20)   # the official CIFAR distill
+    if a.epochs:
+        apply_epoch_budget(c, a.epochs)
     if a.smoke:
         apply_smoke(c)
         c.dataset.args = smoke_args

@@ -13,7 +13,8 @@ Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride
 class size, default 6000 = all of Fashion-MNIST; 500 gives few-shot classes), stage
 train|router|distill|crt|eval, smoke (two
 epochs on a head class of 200 images and ratio 10, whatever ``ratio`` says, read with
-the NumPy backend: about a minute on a 2-core CPU).
+the NumPy backend: about a minute on a 2-core CPU), epochs N (the recipe's schedule compressed to N epochs, ``common.apply_epoch_budget``;
+not an official recipe: a budget-limited comparison).
 
 Not in RIDE. The data come offline from Debian's ``dataset-fashion-mnist`` files
 (``ride_jax.data.fashion_mnist``): the official CIFAR-LT selection on the 60,000

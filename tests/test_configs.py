@@ -31,13 +31,14 @@ STAGES = ["router", "distill", "crt", "eval"]
 # file -> {argument: values to try}; "smoke" is tried on its own and with each loss.
 ARGS = {
     "cifar100_lt": {"ratio": RATIOS, "experts": EXPERTS, "loss": LOSSES, "smoke": [True],
-                    "stage": STAGES},
+                    "stage": STAGES, "epochs": [12]},
     "cifar10_lt": {"ratio": RATIOS, "experts": EXPERTS, "loss": LOSSES, "smoke": [True],
-                   "stage": STAGES},
+                   "stage": STAGES, "epochs": [12]},
     "fashion_mnist_lt": {"ratio": RATIOS, "experts": EXPERTS, "loss": LOSSES,
-                         "smoke": [True], "stage": STAGES, "img_max": [500]},
+                         "smoke": [True], "stage": STAGES, "img_max": [500],
+                         "epochs": [12]},
     "cifar10_jpeg_lt": {"ratio": RATIOS, "experts": EXPERTS, "loss": LOSSES, "smoke": [True],
-                        "path": ["/tmp/somewhere/cifar10.zip"], "stage": STAGES},
+                        "path": ["/tmp/somewhere/cifar10.zip"], "stage": STAGES, "epochs": [12]},
     "synthetic_lt": {"experts": EXPERTS, "loss": LOSSES, "smoke": [True], "stage": STAGES},
     "imagenet_lt": {"backbone": list(BACKBONES), "experts": EXPERTS, "loss": LOSSES,
                     "data_dir": ["/tmp/tfds"], "stage": STAGES},
@@ -351,6 +352,48 @@ def test_cifar_style_official_recipe(name):
     assert ldam.model.use_norm and not ldam.model.reduce_dimension
     assert ldam.data.augment == "ldam"
     assert (ldam.optim.step1, ldam.optim.step2, ldam.loss.reweight_epoch) == (160, 180, 160)
+
+
+EPOCH_BUDGET = ("cifar100_lt", "cifar10_lt", "fashion_mnist_lt", "cifar10_jpeg_lt")
+
+
+@pytest.mark.parametrize("name", EPOCH_BUDGET)
+@pytest.mark.parametrize("loss", ["ride", "ldam_drw", "reslt"])
+def test_epochs_argument_compresses_the_schedule(name, loss):
+    full = _load(name, f"loss={loss}")
+    for epochs, (warmup, step1, step2) in {12: (1, 10, 11), 20: (1, 16, 18),
+                                             100: (2, 80, 90), 400: (10, 320, 360)}.items():
+        c = _load(name, f"loss={loss},epochs={epochs}")
+        assert c.epochs == epochs
+        assert (c.optim.warmup_epochs, c.optim.step1, c.optim.step2) == (warmup, step1, step2)
+        assert c.loss.reweight_epoch == step1       # DRW starts with the first LR step
+        # nothing else changes: the method's recipe is kept
+        a, b = c.to_dict(), full.to_dict()
+        for key in ("epochs",):
+            a.pop(key), b.pop(key)
+        for d in (a, b):
+            for key in ("warmup_epochs", "step1", "step2"):
+                d["optim"].pop(key)
+            d["loss"].pop("reweight_epoch")
+        assert a == b
+
+
+def test_epochs_argument_scales_stage_schedules():
+    assert _load("cifar10_lt", "stage=router").epochs == 5
+    c = _load("cifar10_lt", "stage=router,epochs=2")
+    assert c.epochs == 2 and c.optim.warmup_epochs == 0      # no warm-up stays none
+    c = _load("cifar10_lt", "stage=distill,epochs=20")
+    assert c.epochs == 20 and c.optim.warmup_epochs == 2     # the distill warm-up of 20
+
+
+@pytest.mark.parametrize("arg,words", [("epochs=-3", ["epochs=-3", ">= 1"]),
+                                       ("smoke,epochs=3", ["smoke", "epochs"]),
+                                       ("stage=eval,epochs=3", ["epochs", "stage=eval"])])
+def test_epochs_argument_errors(arg, words):
+    with pytest.raises(ValueError) as e:
+        _load("cifar10_lt", arg)
+    for w in words:
+        assert w in str(e.value)
 
 
 def test_cifar_datasets():
