@@ -38,7 +38,8 @@ ARGS = {
                          "smoke": [True], "stage": STAGES, "img_max": [500],
                          "epochs": [12]},
     "cifar10_jpeg_lt": {"ratio": RATIOS, "experts": EXPERTS, "loss": LOSSES, "smoke": [True],
-                        "path": ["/tmp/somewhere/cifar10.zip"], "stage": STAGES, "epochs": [12]},
+                        "path": ["/tmp/somewhere/cifar10.zip"], "stage": STAGES, "epochs": [12],
+                        "img_max": [500]},
     "synthetic_lt": {"experts": EXPERTS, "loss": LOSSES, "smoke": [True], "stage": STAGES},
     "imagenet_lt": {"backbone": list(BACKBONES), "experts": EXPERTS, "loss": LOSSES,
                     "data_dir": ["/tmp/tfds"], "stage": STAGES},
@@ -466,6 +467,14 @@ def test_fashion_mnist_smoke_dataset_is_small():
     assert d.train.images.shape[1:] == (28, 28, 1)
     assert len(d.train.labels) < 1000
     assert d.num_classes == 10
+
+
+def test_cifar10_jpeg_img_max():
+    assert "img_max" not in _load("cifar10_jpeg_lt").dataset.args      # the full 5000
+    c = _load("cifar10_jpeg_lt", "img_max=500,ratio=50")
+    assert c.dataset.args.img_max == 500.0 and c.dataset.args.ratio == 50.0
+    with pytest.raises(ValueError, match="img_max=-5.0"):
+        _load("cifar10_jpeg_lt", "img_max=-5")
 
 
 def test_cifar10_jpeg_smoke_dataset_is_small():
