@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from ride_jax import analysis
-from ride_jax.analysis import (bias_variance, bias_variance_table, confusion_matrix,
+from ride_jax.analysis import (bias_variance, bias_variance_interval, bias_variance_table,
+                               confusion_matrix,
                                group_means, hardest_negative_scores, histograms_by_group,
                                per_class_accuracy, per_class_means, softmax)
 
@@ -175,6 +176,44 @@ def test_bias_variance_table_hand_case():
     # 'all' is the class mean over classes 0..2 (the example mean of bias would be 3/5).
     assert t["all"] == {"bias": pytest.approx(2 / 3), "variance": pytest.approx(0.25),
                         "loss": pytest.approx(1.75 / 3)}
+
+
+def test_bias_variance_interval_identical_models_is_a_point():
+    labels = np.array([0, 0, 1, 2, 2])
+    preds = np.tile(np.array([[0, 1, 0, 2, 3]]), (3, 1))
+    t = bias_variance_table(preds, labels, COUNTS)
+    ci = bias_variance_interval(preds, labels, COUNTS, samples=50)
+    for split in ("all", "many", "medium"):
+        for key in ("bias", "variance", "loss"):
+            assert ci[split][key] == [pytest.approx(t[split][key])] * 2
+    assert ci["few"] is None                     # no test example in the few split
+
+
+def test_bias_variance_interval_hand_case():
+    # The two models of the table hand case. A draw is (m0, m1) / (m1, m0) (the table,
+    # p = 1/2), (m0, m0) or (m1, m1) (one model twice: variance 0, p = 1/4 each).
+    # many bias: .75 for (m0,m1), (m0,m0); .25 for (m1,m1) -> 5%..95% = [.25, .75].
+    labels = np.array([0, 0, 1, 2, 2])
+    preds = np.array([[0, 1, 0, 2, 3], [0, 1, 1, 3, 3]])
+    ci = bias_variance_interval(preds, labels, COUNTS, samples=400, seed=3)
+    assert ci["many"]["bias"] == [pytest.approx(0.25), pytest.approx(0.75)]
+    assert ci["many"]["variance"] == [pytest.approx(0.0), pytest.approx(0.25)]
+    assert ci["medium"]["variance"] == [pytest.approx(0.0), pytest.approx(0.25)]
+    assert bias_variance_interval(preds, labels, COUNTS, samples=400, seed=3) == ci
+    # a narrower level on the same draws cannot widen the interval
+    narrow = bias_variance_interval(preds, labels, COUNTS, samples=400, seed=3, level=0.2)
+    assert narrow["many"]["bias"][0] >= ci["many"]["bias"][0]
+    assert narrow["many"]["bias"][1] <= ci["many"]["bias"][1]
+
+
+@pytest.mark.parametrize("kwargs,words", [({"samples": 0}, "samples=0"),
+                                          ({"level": 1.5}, "level=1.5")])
+def test_bias_variance_interval_rejects_bad_inputs(kwargs, words):
+    preds = np.array([[0, 1], [1, 1]])
+    with pytest.raises(ValueError, match=words):
+        bias_variance_interval(preds, np.array([0, 1]), COUNTS, **kwargs)
+    with pytest.raises(ValueError, match="M >= 2"):
+        bias_variance_interval(preds[:1], np.array([0, 1]), COUNTS)
 
 
 # ------------------------------------------------------------------ hardest negatives

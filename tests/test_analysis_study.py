@@ -72,6 +72,14 @@ def test_rerun_resumes_and_compare(study, tmp_path):
     assert again["table"] == result["table"]
     text = compare_studies([str(d), str(d)], str(tmp_path), names=["a", "b"])
     assert text.count("| a |") == 4 and (tmp_path / "bias_variance.png").exists()
+    assert "90% bootstrap over models" in text
+    row = next(line for line in text.splitlines() if line.startswith("| a | all |"))
+    bias, lo, hi = (float(v) for v in
+                    row.split("|")[3].replace("[", " ").replace("]", " ").replace(",", " ")
+                    .split())
+    assert 0 <= lo <= hi <= 1 and 0 <= bias <= 1
+    plain = compare_studies([str(d)], str(tmp_path / "p"), names=["a"], bootstrap=0)
+    assert "[" not in plain and "bootstrap" not in plain
 
 
 def test_study_refuses_what_cannot_be_a_study(tmp_path):

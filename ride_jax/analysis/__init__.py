@@ -32,7 +32,8 @@ Of a finished run: :func:`ride_jax.analysis.runs.predict_run` (its test outputs)
 ``python -m ride_jax.analysis run --workdir=DIR``.
 """
 
-from ride_jax.analysis.core import (GROUPS, SPLITS, bias_variance, bias_variance_table,
+from ride_jax.analysis.core import (GROUPS, SPLITS, bias_variance, bias_variance_interval,
+                                    bias_variance_table,
                                     confusion_matrix, group_means, hardest_negative_scores,
                                     histograms_by_group, per_class_accuracy, per_class_means,
                                     softmax)
@@ -42,7 +43,8 @@ from ride_jax.analysis.plots import (DPI, FIGSIZE, plot_accuracy_vs_count, plot_
 
 __all__ = [
     "GROUPS", "SPLITS",
-    "bias_variance", "bias_variance_table", "per_class_means", "group_means",
+    "bias_variance", "bias_variance_interval", "bias_variance_table", "per_class_means",
+    "group_means",
     "softmax", "hardest_negative_scores", "histograms_by_group",
     "per_class_accuracy", "confusion_matrix",
     "DPI", "FIGSIZE",

@@ -224,6 +224,51 @@ def bias_variance_table(predictions: Any, labels: Any, train_counts: Any
     return table
 
 
+def bias_variance_interval(predictions: Any, labels: Any, train_counts: Any, *,
+                           samples: int = 1000, level: float = 0.9, seed: int = 0
+                           ) -> dict[str, dict[str, list[float] | None]]:
+    """Bootstrap interval of :func:`bias_variance_table` over the M models.
+
+    Each of ``samples`` draws takes M of the models with replacement (a model drawn twice
+    votes twice) and recomputes the table; the interval is the central ``level`` range of
+    the draws (percentiles). It says how much the split values depend on which training
+    sets happened to be drawn; the test set is fixed, so it does not cover test-set noise.
+
+    Args:
+      predictions: ``[M, N]`` int predictions of M >= 2 models.
+      labels: ``[N]`` int true classes.
+      train_counts: ``[C]`` training images per class.
+      samples: bootstrap draws (>= 1).
+      level: central coverage in (0, 1).
+      seed: NumPy seed of the draws (the same seed gives the same interval).
+
+    Returns:
+      ``{split: {'bias' | 'variance' | 'loss': [low, high]}}``, a split ``None`` where the
+      table's split is ``None``.
+    """
+    p = _int_array(predictions, "predictions", 2)
+    if p.shape[0] < 2:
+        raise ValueError(f"a bootstrap over models needs M >= 2 models, got {p.shape[0]}")
+    if int(samples) < 1:
+        raise ValueError(f"samples={samples} must be >= 1")
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level={level} must be in (0, 1)")
+    rng = np.random.default_rng(seed)
+    m = p.shape[0]
+    draws: dict[str, dict[str, list[float]]] = {s: {"bias": [], "variance": [], "loss": []}
+                                                 for s in SPLITS}
+    for _ in range(int(samples)):
+        table = bias_variance_table(p[rng.integers(0, m, size=m)], labels, train_counts)
+        for split, row in table.items():
+            for key, value in row.items():
+                if value is not None:
+                    draws[split][key].append(value)
+    lo, hi = 50 * (1 - float(level)), 50 * (1 + float(level))
+    return {split: ({key: [float(np.percentile(v, lo)), float(np.percentile(v, hi))]
+                     for key, v in row.items()} if row["bias"] else None)
+            for split, row in draws.items()}
+
+
 # --------------------------------------------------------------------------- hardest negatives
 
 

@@ -122,9 +122,12 @@ def run_study(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     return result
 
 
-def compare_studies(study_dirs: Sequence[str], out_dir: str, names: Sequence[str] | None = None
-                    ) -> str:
+def compare_studies(study_dirs: Sequence[str], out_dir: str, names: Sequence[str] | None = None,
+                    *, bootstrap: int = 1000, level: float = 0.9) -> str:
     """One bias/variance figure and a Markdown table for finished studies.
+
+    Each value comes with its ``level`` bootstrap interval over the study's models
+    (:func:`ride_jax.analysis.core.bias_variance_interval`, ``bootstrap`` draws; 0: none).
 
     Returns the Markdown table (also written to ``out_dir/bias_variance.md``, with the
     figure ``out_dir/bias_variance.png``).
@@ -132,25 +135,38 @@ def compare_studies(study_dirs: Sequence[str], out_dir: str, names: Sequence[str
     names = list(names) if names else [os.path.basename(os.path.abspath(d)) for d in study_dirs]
     if len(names) != len(study_dirs):
         raise ValueError(f"{len(names)} names for {len(study_dirs)} studies")
-    tables = {}
+    tables, intervals = {}, {}
     for name, d in zip(names, study_dirs):
         path = os.path.join(d, "study.json")
         if not os.path.exists(path):
             raise FileNotFoundError(f"{d!r} holds no study.json: run the study first")
         with open(path) as f:
             tables[name] = json.load(f)["table"]
+        intervals[name] = None
+        if bootstrap:
+            saved = np.load(os.path.join(d, "predictions.npz"))
+            intervals[name] = core.bias_variance_interval(
+                saved["predictions"], saved["labels"], saved["train_counts"],
+                samples=bootstrap, level=level)
+    head = f" [{level:.0%} bootstrap over models]" if bootstrap else ""
     os.makedirs(out_dir, exist_ok=True)
     plots.plot_bias_variance(tables, os.path.join(out_dir, "bias_variance.png"))
 
     def fmt(v):
         return "-" if v is None else f"{v:.3f}"
 
-    lines = ["| method | split | bias | variance | 0-1 loss |", "| --- | --- | ---: | ---: | ---: |"]
+    def cell(t, ci, key):
+        if ci is None or t[key] is None:
+            return fmt(t[key])
+        return f"{fmt(t[key])} [{ci[key][0]:.3f}, {ci[key][1]:.3f}]"
+
+    lines = [f"| method | split | bias{head} | variance{head} | 0-1 loss{head} |",
+             "| --- | --- | ---: | ---: | ---: |"]
     for name, table in tables.items():
         for split in core.SPLITS:
-            t = table[split]
-            lines.append(f"| {name} | {split} | {fmt(t['bias'])} | {fmt(t['variance'])} | "
-                         f"{fmt(t['loss'])} |")
+            t, ci = table[split], (intervals[name] or {}).get(split)
+            lines.append(f"| {name} | {split} | {cell(t, ci, 'bias')} | "
+                         f"{cell(t, ci, 'variance')} | {cell(t, ci, 'loss')} |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out_dir, "bias_variance.md"), "w") as f:
         f.write(text)
@@ -165,7 +181,7 @@ def main(argv) -> int:
     f = flags.FLAGS
     try:
         if f.compare:
-            print(compare_studies(f.compare, f.out or ".", f.names))
+            print(compare_studies(f.compare, f.out or ".", f.names, bootstrap=f.bootstrap))
             return 0
         if f.config is None or not f.workdir:
             raise ValueError("give --config and --workdir (a study) or --compare (a figure)")
@@ -190,6 +206,8 @@ def _define_flags():
     flags.DEFINE_list("compare", [], "finished study folders to compare instead")
     flags.DEFINE_list("names", [], "method names for --compare (default: folder names)")
     flags.DEFINE_string("out", "", "output folder of --compare")
+    flags.DEFINE_integer("bootstrap", 1000, "--compare: bootstrap draws over the models for "
+                         "the 90% intervals (0: no intervals)")
 
 
 if __name__ == "__main__":
