@@ -247,8 +247,8 @@ def apply_epoch_budget(c: ml_collections.ConfigDict, epochs: int) -> None:
     """
     epochs = int(epochs)
     if epochs < 1:
-        raise ValueError(f"config argument epochs={epochs} must be >= 1 (0: the recipe's own "
-                         f"{c.epochs})")
+        raise ValueError(f"config argument epochs={epochs} must be >= 1 (0 or absent: the "
+                         f"recipe's own {c.epochs})")
     if c.epochs < 1:
         raise ValueError("config argument epochs= has no schedule to scale in stage=eval")
     f = epochs / c.epochs
@@ -272,9 +272,6 @@ def parse_small_image_arg(arg, **extra):
     check_choice("ratio", a.ratio, (100, 50, 10))
     check_choice("stage", a.stage, STAGES)
     check_choice("experts", a.experts, range(1, 7))
-    if a.epochs < 0:
-        raise ValueError(f"config argument epochs={a.epochs} must be >= 1 (0 or absent: the "
-                         "recipe's own)")
     if a.epochs and a.smoke:
         raise ValueError("config arguments smoke and epochs= exclude each other: smoke has "
                          "its own two-epoch schedule")
