@@ -107,6 +107,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 20
     c.resume_with_different_config = False
     c.distributed = False            # call jax.distributed.initialize() (multi-host)
+    c.cpu_convolutions = "eigen"     # CPU only: eigen (fast kernel gradients) | xla_default
     return c
 
 

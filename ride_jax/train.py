@@ -40,7 +40,7 @@ import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ride_jax import flops, losses, metrics, optim
+from ride_jax import compiler, flops, losses, metrics, optim
 from ride_jax.checkpointing import Checkpointer, abstract_like
 from ride_jax.configlib import LOSSES, SCHEDULES, STAGES
 from ride_jax.data import load_cache, load_dataset, make_loader
@@ -52,7 +52,7 @@ DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 # Keys that do not change the trajectory of a run: a resumed run may change them.
 RUNTIME_KEYS = ("max_steps", "resume_with_different_config", "log_every_steps",
                 "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints",
-                "distributed")
+                "distributed", "cpu_convolutions")
 # What each stage trains: None = every parameter, else these subtrees of ``params``
 # (the rest is frozen: no gradient, no weight decay, BatchNorm in inference mode).
 TRAINABLE = {"train": None, "distill": None, "router": (("router",),),
@@ -664,14 +664,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 pass
     step = int(jax.device_get(state["step"]))
 
+    xla_options = compiler.compiler_options(config.get("cpu_convolutions", "eigen"),
+                                            mesh.devices.flat[0].platform)
     train_step = jax.jit(make_train_step(model, tx, loss_fn, schedule, spe, forward=forward,
                                          trainable=trainable),
                          in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl),
-                         donate_argnums=0)
+                         donate_argnums=0, compiler_options=xla_options)
     eval_step = jax.jit(make_eval_step(model, tau=config.tau, router=router, mesh=mesh,
                                        num_buckets=config.router.num_buckets,
                                        force_all=config.router.force_all),
-                        in_shardings=(repl, batch_sh), out_shardings=repl)
+                        in_shardings=(repl, batch_sh), out_shardings=repl,
+                        compiler_options=xla_options)
     macs = None
     if router is not None:
         macs = (flops.model_macs(model, image_shape=dataset.image_shape), router.macs)
