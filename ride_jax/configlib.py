@@ -69,8 +69,9 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 def load(path: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:
     """Load ``get_config(arg)`` from a config file (what ``--config=path:arg`` does)."""
     path = os.fspath(path)
-    if ":" in os.path.basename(path) and arg is None:
-        path, arg = path.rsplit(":", 1)
+    if arg is None and ".py:" in path:      # the argument may hold paths: path=/a/b.zip
+        path, arg = path.split(".py:", 1)
+        path += ".py"
     if not os.path.exists(path):
         raise FileNotFoundError(f"config file {path!r} does not exist")
     spec = importlib.util.spec_from_file_location(

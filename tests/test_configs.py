@@ -505,3 +505,11 @@ def test_router_top_k_is_the_official_top_choices_num():
 def test_bad_stage_names_the_valid_ones():
     with pytest.raises(ValueError, match="router"):
         _load("cifar100_lt", "stage=stage2")
+
+
+def test_load_splits_path_and_argument_when_the_argument_holds_a_path():
+    """``path.py:args`` splits after ``.py``, so ``path=/a/b.zip`` in the args stays whole."""
+    c = load(f"{CONFIGS / 'cifar10_jpeg_lt.py'}:img_max=500,path=/data/x:y/c10.zip")
+    assert c.dataset.args.path == "/data/x:y/c10.zip"
+    assert c.dataset.args.img_max == 500
+    assert load(f"{CONFIGS / 'fashion_mnist_lt.py'}:loss=ce").loss.name == "ce"
