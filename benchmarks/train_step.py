@@ -28,13 +28,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ride_jax import losses
+from ride_jax import compiler, losses
 from ride_jax.data import long_tail_counts
 from ride_jax.models import create_model
 
 
-def make_step(model, tx, vec, diversity_factor=-0.45, jit=True):
-    """(params, batch_stats, opt_state, images, labels) -> same + loss (jitted unless jit=False)."""
+def make_step(model, tx, vec, diversity_factor=-0.45, jit=True, compiler_options=None):
+    """(params, batch_stats, opt_state, images, labels) -> same + loss (jitted unless jit=False).
+
+    ``compiler_options``: for ``jax.jit`` (``ride_jax.compiler.compiler_options``).
+    """
 
     def loss_fn(params, batch_stats, images, labels):
         out, new_state = model.apply({"params": params, "batch_stats": batch_stats}, images,
@@ -52,43 +55,120 @@ def make_step(model, tx, vec, diversity_factor=-0.45, jit=True):
         params = optax.apply_updates(params, updates)
         return params, batch_stats, opt_state, loss
 
-    return jax.jit(step, donate_argnums=(0, 1, 2)) if jit else step
+    if not jit:
+        return step
+    return jax.jit(step, donate_argnums=(0, 1, 2), compiler_options=compiler_options)
 
 
-def bench_one(num_experts: int, impl: str, batch: int, steps: int, repeats: int,
-              dtype=None) -> dict:
+def host_variables(model, images, seed: int = 0) -> dict:
+    """Variables of ``model`` drawn on the host, without compiling its initialiser.
+
+    The shapes come from ``jax.eval_shape(model.init, ...)``; kernels are He-normal
+    (fan-in over the kernel's last axes, stacked experts first), BN scales and running
+    variances 1, everything else 0. The train and eval programs are the same as with
+    ``model.init`` (only the starting values differ), and on a CPU the jitted
+    initialiser of a big network takes tens of seconds to compile.
+    """
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), images)
+
+    def draw(path, leaf):
+        name, shape = path[-1].key, leaf.shape
+        if name == "kernel":
+            fan_in = int(np.prod(shape[-4:-1])) if len(shape) >= 4 else shape[-2]
+            value = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+        elif name in ("scale", "var"):
+            value = np.ones(shape)
+        else:
+            value = np.zeros(shape)
+        return jnp.asarray(value, leaf.dtype)
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def prepare_model(model, vec, batch: int, *, image_shape=(32, 32, 3),
+                  num_classes: int = 100, diversity_factor: float = -0.45,
+                  weight_decay: float = 5e-4, host_init: bool = False,
+                  cpu_convolutions: str = "eigen"):
+    """Compiles the jitted train step of ``model``: (compile s of the first call, ``run``).
+
+    ``run(steps)`` times ``steps`` more steps and returns images/s. Random
+    ``image_shape`` images and labels in ``num_classes`` already on the device, coupled
+    weight decay and nesterov SGD (optax), the RIDE loss with ``vec``.
+    ``host_init``: variables from :func:`host_variables` instead of ``jax.jit(model.init)``.
+    ``cpu_convolutions``: as the trainer's ``config.cpu_convolutions`` (``ride_jax.compiler``).
+    """
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.standard_normal((batch,) + tuple(image_shape), dtype=np.float32))
+    labels = jnp.asarray(rng.integers(0, num_classes, batch))
+    if host_init:
+        variables = host_variables(model, images)
+    else:
+        variables = jax.jit(model.init)(jax.random.key(0), images)
+    tx = optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.sgd(0.1, momentum=0.9, nesterov=True))
+    state = [variables["params"], variables["batch_stats"], tx.init(variables["params"])]
+    step = make_step(model, tx, vec, diversity_factor=diversity_factor,
+                     compiler_options=compiler.compiler_options(cpu_convolutions))
+
+    def run(steps: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            *new_state, loss = step(*state, images, labels)
+            state[:] = new_state
+        loss.block_until_ready()
+        rate = steps * batch / (time.perf_counter() - t0)
+        if not np.isfinite(float(loss)):
+            raise FloatingPointError("non-finite loss")
+        return rate
+
+    t0 = time.perf_counter()
+    run(1)
+    return time.perf_counter() - t0, run
+
+
+def bench_model(model, vec, batch: int, steps: int, repeats: int, **kwargs):
+    """(compile s of the first call, images/s of ``repeats`` runs of ``steps`` steps);
+    ``kwargs`` as :func:`prepare_model`."""
+    compile_s, run = prepare_model(model, vec, batch, **kwargs)
+    return compile_s, [run(steps) for _ in range(repeats)]
+
+
+def _ride32(num_experts: int, impl: str, dtype=None):
     counts = long_tail_counts(100, 500, ratio=100)  # CIFAR-100-LT
     vec = losses.ride_schedule(counts, epoch=170, reweight_epoch=160, reweight_factor=0.05)
     model = create_model("resnet32", num_classes=100, num_experts=num_experts,
                          reduce_dimension=True, expert_impl=impl, dtype=dtype)
-    rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.standard_normal((batch, 32, 32, 3), dtype=np.float32))
-    labels = jnp.asarray(rng.integers(0, 100, batch))
-    variables = jax.jit(model.init)(jax.random.key(0), images)
-    tx = optax.chain(optax.add_decayed_weights(5e-4),
-                     optax.sgd(0.1, momentum=0.9, nesterov=True))
-    params, batch_stats = variables["params"], variables["batch_stats"]
-    opt_state = tx.init(params)
-    step = make_step(model, tx, vec)
+    return model, vec
 
-    t0 = time.perf_counter()
-    params, batch_stats, opt_state, loss = step(params, batch_stats, opt_state, images, labels)
-    loss.block_until_ready()
-    compile_s = time.perf_counter() - t0
 
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            params, batch_stats, opt_state, loss = step(params, batch_stats, opt_state, images,
-                                                        labels)
-        loss.block_until_ready()
-        rates.append(steps * batch / (time.perf_counter() - t0))
-    if not np.isfinite(float(loss)):
-        raise FloatingPointError(f"non-finite loss for E={num_experts} impl={impl}")
-    return {"experts": num_experts, "impl": impl, "batch": batch,
-            "compile_s": round(compile_s, 2), "images_per_s": round(statistics.median(rates), 1),
-            "images_per_s_all": [round(r, 1) for r in rates]}
+def bench_one(num_experts: int, impl: str, batch: int, steps: int, repeats: int,
+              dtype=None, host_init: bool = False, cpu_convolutions: str = "eigen") -> dict:
+    return bench_side_by_side(num_experts, impl, batch, steps, repeats, dtype, host_init,
+                              (cpu_convolutions,))[0]
+
+
+def bench_side_by_side(num_experts: int, impl: str, batch: int, steps: int, repeats: int,
+                       dtype=None, host_init: bool = False,
+                       cpu_convolutions=("eigen",)) -> list[dict]:
+    """One row per ``cpu_convolutions`` choice, their timed runs interleaved (A B A B ...)
+    so that a noisy machine slows them alike and their ratio means something."""
+    model, vec = _ride32(num_experts, impl, dtype)
+    prepared = {}
+    try:
+        for conv in cpu_convolutions:
+            prepared[conv] = prepare_model(model, vec, batch, host_init=host_init,
+                                           cpu_convolutions=conv)
+        rates = {conv: [] for conv in cpu_convolutions}
+        for _ in range(repeats):
+            for conv in cpu_convolutions:
+                rates[conv].append(prepared[conv][1](steps))
+    except FloatingPointError:
+        raise FloatingPointError(f"non-finite loss for E={num_experts} impl={impl}") from None
+    return [{"experts": num_experts, "impl": impl, "batch": batch, "cpu_convolutions": conv,
+             "compile_s": round(prepared[conv][0], 2),
+             "images_per_s": round(statistics.median(rates[conv]), 1),
+             "images_per_s_all": [round(r, 1) for r in rates[conv]]}
+            for conv in cpu_convolutions]
 
 
 def main(argv=None):
@@ -99,8 +179,16 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=10, help="steps per timed run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--cpu-convolutions", default="eigen",
+                        help="comma-separated config.cpu_convolutions choices, timed side by "
+                             f"side ({', '.join(compiler.CPU_CONVOLUTIONS)}; CPU only)")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args(argv)
+    convs = tuple(x.strip() for x in args.cpu_convolutions.split(",") if x.strip())
+    for conv in convs:
+        if conv not in compiler.CPU_CONVOLUTIONS:
+            parser.error(f"--cpu-convolutions: {conv!r} is not one of "
+                         f"{', '.join(compiler.CPU_CONVOLUTIONS)}")
 
     dtype = None if args.dtype == "float32" else jnp.bfloat16
     rows = []
@@ -108,13 +196,15 @@ def main(argv=None):
           f"devices {[d.device_kind for d in jax.devices()]}, python {platform.python_version()}")
     print(f"# RIDE ResNet-32 CIFAR-100 train step, batch {args.batch}, {args.dtype}, "
           f"median of {args.repeats} x {args.steps} steps")
-    print(f"{'E':>2} {'impl':>5} {'compile_s':>10} {'images/s':>10}")
+    print(f"{'E':>2} {'impl':>5} {'cpu_conv':>12} {'compile_s':>10} {'images/s':>10}  runs")
     for e in [int(x) for x in args.experts.split(",")]:
         for impl in args.impls.split(","):
-            row = bench_one(e, impl, args.batch, args.steps, args.repeats, dtype)
-            rows.append(row)
-            print(f"{e:>2} {impl:>5} {row['compile_s']:>10.1f} {row['images_per_s']:>10.1f}",
-                  flush=True)
+            for row in bench_side_by_side(e, impl, args.batch, args.steps, args.repeats, dtype,
+                                          cpu_convolutions=convs):
+                rows.append(row)
+                print(f"{e:>2} {impl:>5} {row['cpu_convolutions']:>12} "
+                      f"{row['compile_s']:>10.1f} {row['images_per_s']:>10.1f}  "
+                      f"{row['images_per_s_all']}", flush=True)
     if args.json:
         meta = {"jax": jax.__version__, "backend": jax.default_backend(),
                 "device": jax.devices()[0].device_kind, "dtype": args.dtype,

@@ -1,0 +1,113 @@
+"""The benchmark suite (``benchmarks/suite.py``) runs end to end in its tiny CI setting,
+so it cannot rot: every section, the tables, the JSON, the command-line errors."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SECTIONS = ("train_step", "resnet50", "input", "eval", "full_run")
+TABLE_HEADERS = (
+    "| E | impl | cpu conv | batch | images/s | compile s | status |",
+    "| E | batch | image | images/s | compile s | status |",
+    "| pipeline | batch | images/s | status |",
+    "| model | batch | images/s | compile s | status |",
+    "| config | epochs | evaluations | wall s | train images/s | final top-1 % | status |",
+)
+
+
+def _suite(*args, timeout=600):
+    return subprocess.run([sys.executable, "benchmarks/suite.py", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "tiny.json"
+    proc = _suite("--tiny", "--json", str(path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(path) as f:
+        return proc, json.load(f)
+
+
+def test_tiny_prints_a_table_per_section(tiny):
+    proc, _ = tiny
+    assert "Traceback" not in proc.stderr
+    for name in SECTIONS:
+        assert f"\n## {name}: " in proc.stdout, name
+    for header in TABLE_HEADERS:
+        assert header in proc.stdout, header
+    assert "host peak RSS" in proc.stdout
+
+
+def test_tiny_json_has_every_section_and_the_machine(tiny):
+    _, result = tiny
+    assert set(result["sections"]) == set(SECTIONS)
+    for name, sec in result["sections"].items():
+        assert sec["status"] == "ran", (name, sec["status"])
+        assert sec["rows"], name
+        assert sec["memory"]["peak_host_rss_bytes"] > 0
+        if result["machine"]["backend"] == "cpu":       # host RSS is never device memory
+            assert "peak_device_bytes" not in sec["memory"]
+    machine = result["machine"]
+    for key in ("date", "backend", "device_kind", "jax", "flax", "optax", "python",
+                "cpu_count", "command"):
+        assert machine[key], key
+    assert "--tiny" in machine["command"]
+
+
+def test_tiny_rows_are_measured(tiny):
+    _, result = tiny
+    sec = result["sections"]
+    steps = sec["train_step"]["rows"]
+    assert [(r["experts"], r["batch"], r["impl"], r["cpu_convolutions"]) for r in steps] == [
+        (1, 8, "loop", "eigen")]
+    for r in steps + sec["resnet50"]["rows"] + sec["eval"]["rows"]:
+        assert r["status"].startswith("ok"), r
+        assert r["images_per_s"] > 0 and r["compile_s"] > 0, r
+    # Forced on the CPU backend (--tiny), at the small image size.
+    assert [(r["experts"], r["batch"], r["image"]) for r in sec["resnet50"]["rows"]] == [
+        (1, 2, 32)]
+    inputs = sec["input"]["rows"]
+    assert [r["augment"] for r in inputs] == ["none", "ldam", "ride"]
+    assert all(r["status"] == "ok" and r["images_per_s"] > 0 for r in inputs)
+    (full,) = sec["full_run"]["rows"]
+    assert full["status"] == "finished", full
+    assert full["wall_s"] > 0 and full["train_images_per_s"] > 0
+    assert full["epochs"] == 2 and full["evaluations"] == 2      # evaluated every epoch
+    assert 0.0 <= full["top1"] <= 1.0
+
+
+def test_unknown_section_is_a_one_line_error():
+    proc = _suite("--only", "train_step,bogus", timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "'bogus'" in lines[0]
+    for name in SECTIONS:
+        assert name in lines[0]
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_bad_cpu_convolutions_is_a_one_line_error():
+    proc = _suite("--cpu-convolutions", "eigen,fast", timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'fast'" in lines[0], proc.stderr
+    assert "eigen" in lines[0] and "xla_default" in lines[0]
+
+
+def test_full_run_is_opt_in_and_explicit_options_override_the_preset(tmp_path):
+    path = tmp_path / "none.json"
+    proc = _suite("--tiny", "--only", "full_run", "--no-full-run", "--json", str(path),
+                  timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "## full_run: not run (pass --full-run)" in proc.stdout
+    with open(path) as f:
+        sections = json.load(f)["sections"]
+    assert sections["full_run"] == {"status": "not run (pass --full-run)", "rows": []}
+    for name in SECTIONS[:-1]:
+        assert sections[name]["status"] == "not selected (--only)"
