@@ -3,9 +3,10 @@
 On a CPU, jaxlib 0.10 hands every convolution to a YNNPACK fusion by default. For the
 *kernel gradient* of a 3x3 convolution (a convolution whose "kernel" is the whole
 output-gradient map) that is 2-8x slower than XLA's own Eigen convolution: one
-32x32x16 conv at batch 128 takes ~300 ms against ~40 ms (``benchmarks/train_step.py
---cpu-convolutions eigen,xla_default``, BENCHMARKS.md). The forward and input-gradient
-convolutions are on par. So ride_jax compiles its train and eval steps on a CPU with
+32x32x16 conv at batch 128 took 165-300 ms against ~40 ms here (BENCHMARKS.md). The
+forward and input-gradient convolutions are on par, and the RIDE train step is 1.6-1.8x
+faster without YNNPACK's convolutions (``benchmarks/train_step.py --cpu-convolutions
+eigen,xla_default``). So ride_jax compiles its train and eval steps on a CPU with
 YNNPACK's convolution fusions off (its reductions and dots kept), per ``jax.jit``
 (``compiler_options``), without touching ``XLA_FLAGS`` or other programs in the process.
 
