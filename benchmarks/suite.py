@@ -9,7 +9,7 @@
 Sections (``--only a,b`` / ``--skip a,b``):
 
 * ``train_step``: the jitted RIDE ResNet-32 train step (CIFAR-100, reduced experts, the
-  RIDE loss after the DRW switch, SGD; ``train_step.bench_one``) for E in ``--experts``
+  RIDE loss after the DRW switch, SGD; ``train_step.bench_side_by_side``) for E in ``--experts``
   x batch in ``--batches`` x ``--impls``: median images/s of ``--repeats`` timed runs of
   ``--steps`` steps, compile time of the first call.
 * ``resnet50``: the RIDE ResNet-50 train step of ``configs/imagenet_lt.py`` (1000 classes,
@@ -227,8 +227,8 @@ def resolve(args: argparse.Namespace) -> dict:
                              "loop, vmap")
     s["cpu_convolutions"] = [x.strip() for x in str(s["cpu_convolutions"]).split(",")
                              if x.strip()]
-    for conv in s["cpu_convolutions"] or [""]:
-        if conv not in ("eigen", "xla_default"):
+    for conv in s["cpu_convolutions"] or [""]:   # ride_jax.compiler.CPU_CONVOLUTIONS,
+        if conv not in ("eigen", "xla_default"):  # not imported: it imports jax (--tiny)
             raise UsageError(f"--cpu-convolutions: {conv!r} is not a choice; valid: eigen, "
                              "xla_default")
     s["resnet50_batches"] = _ints("resnet50-batches", s["resnet50_batches"])

@@ -141,12 +141,6 @@ def _ride32(num_experts: int, impl: str, dtype=None):
     return model, vec
 
 
-def bench_one(num_experts: int, impl: str, batch: int, steps: int, repeats: int,
-              dtype=None, host_init: bool = False, cpu_convolutions: str = "eigen") -> dict:
-    return bench_side_by_side(num_experts, impl, batch, steps, repeats, dtype, host_init,
-                              (cpu_convolutions,))[0]
-
-
 def bench_side_by_side(num_experts: int, impl: str, batch: int, steps: int, repeats: int,
                        dtype=None, host_init: bool = False,
                        cpu_convolutions=("eigen",)) -> list[dict]:

@@ -29,6 +29,8 @@ import functools
 import jax
 from absl import logging
 
+from ride_jax.losses import check_choice
+
 CPU_CONVOLUTIONS = ("eigen", "xla_default")
 # jaxlib 0.10's default YNNPACK fusions are convolutions, dots and reductions; keep the
 # reductions (YNNPACK's sums are the accurate ones: with XLA's own, BatchNorm statistics
@@ -65,9 +67,7 @@ def compiler_options(cpu_convolutions: str = "eigen",
     Raises:
       ValueError: ``cpu_convolutions`` is not one of :data:`CPU_CONVOLUTIONS`.
     """
-    if cpu_convolutions not in CPU_CONVOLUTIONS:
-        raise ValueError(f"cpu_convolutions={cpu_convolutions!r} is not one of "
-                         f"{', '.join(map(repr, CPU_CONVOLUTIONS))}")
+    check_choice("cpu_convolutions", cpu_convolutions, CPU_CONVOLUTIONS)
     backend = jax.default_backend() if backend is None else backend
     if cpu_convolutions == "xla_default" or backend != "cpu":
         return None

@@ -550,6 +550,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     mesh = data_mesh(devices)
     repl = NamedSharding(mesh, P())
     batch_sh = NamedSharding(mesh, P(DATA_AXIS))
+    # Checked here, before the dataset is built: a typo fails at once.
+    xla_options = compiler.compiler_options(config.get("cpu_convolutions", "eigen"),
+                                            mesh.devices.flat[0].platform)
     logging.info("devices: %d (%s), processes: %d", jax.device_count(),
                  jax.devices()[0].device_kind, jax.process_count())
 
@@ -664,8 +667,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 pass
     step = int(jax.device_get(state["step"]))
 
-    xla_options = compiler.compiler_options(config.get("cpu_convolutions", "eigen"),
-                                            mesh.devices.flat[0].platform)
     train_step = jax.jit(make_train_step(model, tx, loss_fn, schedule, spe, forward=forward,
                                          trainable=trainable),
                          in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl),

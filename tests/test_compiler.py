@@ -52,6 +52,8 @@ def _relative_errors(grads, reference):
                             jax.tree_util.tree_leaves(reference))]
 
 
+# The option exists only for the CPU compiler (other backends get no options, tested
+# above); CI runs on a CPU, so this check always runs there.
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU compiler option")
 def test_eigen_computes_the_same_train_gradients_without_ynn_convolutions():
     """RIDE-2 ResNet-32 loss and gradients (every conv's kernel gradient, BatchNorm in
