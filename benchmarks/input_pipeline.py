@@ -219,4 +219,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from ride_jax.allocator import reexec_with_hugepage_malloc
+    reexec_with_hugepage_malloc()   # as the CLI does: measure what users run
     main()

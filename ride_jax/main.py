@@ -18,6 +18,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from ride_jax import allocator
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Recipe file, configs/<name>.py[:args].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None,
@@ -64,6 +66,11 @@ def main(argv: list[str]) -> int:
 
 
 def run() -> None:
+    try:   # restart once with huge-page malloc (ride_jax.allocator): fewer page faults
+        allocator.reexec_with_hugepage_malloc()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     app.run(lambda argv: sys.exit(main(argv)))
 
 
