@@ -341,8 +341,10 @@ def section_train_step(s: dict) -> dict:
                              for conv in s["cpu_convolutions"]]
     print_table(f"train_step: RIDE ResNet-32 (CIFAR-100, reduced experts) train step, "
                 f"{s['dtype']}, median of {s['repeats']} x {s['steps']} steps",
-                ["E", "impl", "cpu conv", "batch", "images/s", "compile s", "status"],
-                [[str(r["experts"]), r["impl"], r["cpu_convolutions"], str(r["batch"]),
+                ["E", "impl", "cpu conv", "barriers", "batch", "images/s", "compile s",
+                 "status"],
+                [[str(r["experts"]), r["impl"], r["cpu_convolutions"],
+                  {True: "on", False: "off"}.get(r.get("fusion_barriers"), "-"), str(r["batch"]),
                   _measured(r, "images_per_s"),
                   _measured(r, "compile_s", "{:.2f}"), r["status"]] for r in rows])
     return {"rows": rows}
@@ -601,4 +603,6 @@ def _cli() -> int:
 
 
 if __name__ == "__main__":
+    from ride_jax.allocator import reexec_with_hugepage_malloc
+    reexec_with_hugepage_malloc()   # as the CLI does: measure what users run
     sys.exit(_cli())

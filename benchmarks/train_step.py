@@ -133,36 +133,58 @@ def bench_model(model, vec, batch: int, steps: int, repeats: int, **kwargs):
     return compile_s, [run(steps) for _ in range(repeats)]
 
 
-def _ride32(num_experts: int, impl: str, dtype=None):
+def _ride32(num_experts: int, impl: str, dtype=None, fusion_barriers: bool = False):
     counts = long_tail_counts(100, 500, ratio=100)  # CIFAR-100-LT
     vec = losses.ride_schedule(counts, epoch=170, reweight_epoch=160, reweight_factor=0.05)
     model = create_model("resnet32", num_classes=100, num_experts=num_experts,
-                         reduce_dimension=True, expert_impl=impl, dtype=dtype)
+                         reduce_dimension=True, expert_impl=impl, dtype=dtype,
+                         fusion_barriers=fusion_barriers)
     return model, vec
+
+
+def trainer_barriers() -> bool:
+    """What the trainer uses here: ``config.cpu_fusion_barriers`` (True) on a CPU only."""
+    return jax.default_backend() == "cpu"
+
+
+def parse_barriers(text: str) -> tuple[bool, ...]:
+    """``'auto'`` (the trainer's choice here), or a comma list of ``on``/``off``."""
+    if text.strip() == "auto":
+        return (trainer_barriers(),)
+    values = {"on": True, "off": False}
+    out = []
+    for x in (x.strip() for x in text.split(",") if x.strip()):
+        if x not in values:
+            raise ValueError(f"fusion barriers: {x!r} is not one of auto, on, off")
+        out.append(values[x])
+    return tuple(out)
 
 
 def bench_side_by_side(num_experts: int, impl: str, batch: int, steps: int, repeats: int,
                        dtype=None, host_init: bool = False,
-                       cpu_convolutions=("eigen",)) -> list[dict]:
-    """One row per ``cpu_convolutions`` choice, their timed runs interleaved (A B A B ...)
-    so that a noisy machine slows them alike and their ratio means something."""
-    model, vec = _ride32(num_experts, impl, dtype)
+                       cpu_convolutions=("eigen",), fusion_barriers=None) -> list[dict]:
+    """One row per (``cpu_convolutions``, ``fusion_barriers``) choice, their timed runs
+    interleaved (A B A B ...) so that a noisy machine slows them alike and their ratio
+    means something. ``fusion_barriers``: booleans (None: the trainer's choice here)."""
+    barriers = (trainer_barriers(),) if fusion_barriers is None else tuple(fusion_barriers)
+    variants = [(conv, b) for conv in cpu_convolutions for b in barriers]
     prepared = {}
     try:
-        for conv in cpu_convolutions:
-            prepared[conv] = prepare_model(model, vec, batch, host_init=host_init,
-                                           cpu_convolutions=conv)
-        rates = {conv: [] for conv in cpu_convolutions}
+        for conv, b in variants:
+            model, vec = _ride32(num_experts, impl, dtype, fusion_barriers=b)
+            prepared[conv, b] = prepare_model(model, vec, batch, host_init=host_init,
+                                              cpu_convolutions=conv)
+        rates = {v: [] for v in variants}
         for _ in range(repeats):
-            for conv in cpu_convolutions:
-                rates[conv].append(prepared[conv][1](steps))
+            for v in variants:
+                rates[v].append(prepared[v][1](steps))
     except FloatingPointError:
         raise FloatingPointError(f"non-finite loss for E={num_experts} impl={impl}") from None
-    return [{"experts": num_experts, "impl": impl, "batch": batch, "cpu_convolutions": conv,
-             "compile_s": round(prepared[conv][0], 2),
-             "images_per_s": round(statistics.median(rates[conv]), 1),
-             "images_per_s_all": [round(r, 1) for r in rates[conv]]}
-            for conv in cpu_convolutions]
+    return [{"experts": num_experts, "impl": impl, "batch": batch, "cpu_convolutions": v[0],
+             "fusion_barriers": v[1], "compile_s": round(prepared[v][0], 2),
+             "images_per_s": round(statistics.median(rates[v]), 1),
+             "images_per_s_all": [round(r, 1) for r in rates[v]]}
+            for v in variants]
 
 
 def main(argv=None):
@@ -176,8 +198,15 @@ def main(argv=None):
     parser.add_argument("--cpu-convolutions", default="eigen",
                         help="comma-separated config.cpu_convolutions choices, timed side by "
                              f"side ({', '.join(compiler.CPU_CONVOLUTIONS)}; CPU only)")
+    parser.add_argument("--fusion-barriers", default="auto",
+                        help="'auto' (the trainer's choice: on for a CPU) or a comma list of "
+                             "on/off timed side by side (config.cpu_fusion_barriers)")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args(argv)
+    try:
+        barriers = parse_barriers(args.fusion_barriers)
+    except ValueError as e:
+        parser.error(f"--fusion-barriers: {e}")
     convs = tuple(x.strip() for x in args.cpu_convolutions.split(",") if x.strip())
     for conv in convs:
         if conv not in compiler.CPU_CONVOLUTIONS:
@@ -190,13 +219,15 @@ def main(argv=None):
           f"devices {[d.device_kind for d in jax.devices()]}, python {platform.python_version()}")
     print(f"# RIDE ResNet-32 CIFAR-100 train step, batch {args.batch}, {args.dtype}, "
           f"median of {args.repeats} x {args.steps} steps")
-    print(f"{'E':>2} {'impl':>5} {'cpu_conv':>12} {'compile_s':>10} {'images/s':>10}  runs")
+    print(f"{'E':>2} {'impl':>5} {'cpu_conv':>12} {'barriers':>8} {'compile_s':>10} "
+          f"{'images/s':>10}  runs")
     for e in [int(x) for x in args.experts.split(",")]:
         for impl in args.impls.split(","):
             for row in bench_side_by_side(e, impl, args.batch, args.steps, args.repeats, dtype,
-                                          cpu_convolutions=convs):
+                                          cpu_convolutions=convs, fusion_barriers=barriers):
                 rows.append(row)
                 print(f"{e:>2} {impl:>5} {row['cpu_convolutions']:>12} "
+                      f"{'on' if row['fusion_barriers'] else 'off':>8} "
                       f"{row['compile_s']:>10.1f} {row['images_per_s']:>10.1f}  "
                       f"{row['images_per_s_all']}", flush=True)
     if args.json:
@@ -208,4 +239,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from ride_jax.allocator import reexec_with_hugepage_malloc
+    reexec_with_hugepage_malloc()   # as the CLI does: measure what users run
     main()

@@ -108,6 +108,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.resume_with_different_config = False
     c.distributed = False            # call jax.distributed.initialize() (multi-host)
     c.cpu_convolutions = "eigen"     # CPU only: eigen (fast kernel gradients) | xla_default
+    c.cpu_fusion_barriers = True     # CPU only, resnet32: materialise block activations
+                                     # (the same numbers, ~1.7x faster steps on XLA:CPU)
     return c
 
 

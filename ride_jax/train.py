@@ -52,7 +52,7 @@ DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 # Keys that do not change the trajectory of a run: a resumed run may change them.
 RUNTIME_KEYS = ("max_steps", "resume_with_different_config", "log_every_steps",
                 "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints",
-                "distributed", "cpu_convolutions")
+                "distributed", "cpu_convolutions", "cpu_fusion_barriers")
 # What each stage trains: None = every parameter, else these subtrees of ``params``
 # (the rest is frozen: no gradient, no weight decay, BatchNorm in inference mode).
 TRAINABLE = {"train": None, "distill": None, "router": (("router",),),
@@ -195,8 +195,12 @@ class StreamLoader:
         return self.dataset.eval_iterator(self.eval_batch_size, mesh=self.mesh)
 
 
-def _model_from(m: ml_collections.ConfigDict | dict, num_classes: int):
-    """The network of a config's ``model`` block (a run's saved JSON block too)."""
+def _model_from(m: ml_collections.ConfigDict | dict, num_classes: int,
+                fusion_barriers: bool = False):
+    """The network of a config's ``model`` block (a run's saved JSON block too).
+
+    ``fusion_barriers``: ``create_model``'s (the same function; see
+    :func:`_fusion_barriers`)."""
     m = {**MODEL_DEFAULTS, **dict(m)}
     reslt = {}
     if m["head"] == "reslt":
@@ -214,7 +218,16 @@ def _model_from(m: ml_collections.ConfigDict | dict, num_classes: int):
     return create_model(m["arch"], num_classes=num_classes, num_experts=m["num_experts"],
                         reduce_dimension=m["reduce_dimension"], use_norm=m["use_norm"],
                         scale=m["scale"], expert_impl=m["expert_impl"],
-                        dtype=DTYPES[m["dtype"]], head=m["head"], **reslt)
+                        dtype=DTYPES[m["dtype"]], head=m["head"],
+                        fusion_barriers=fusion_barriers and m["arch"] == "resnet32", **reslt)
+
+
+def _fusion_barriers(config, platform: str) -> bool:
+    """``config.cpu_fusion_barriers`` (default True) on a CPU, else False."""
+    value = config.get("cpu_fusion_barriers", True)
+    if not isinstance(value, bool):
+        raise ValueError(f"cpu_fusion_barriers must be True or False, got {value!r}")
+    return value and platform == "cpu"
 
 
 def create_state(model, tx, rng: jax.Array, sample_images: jax.Array) -> dict[str, Any]:
@@ -551,8 +564,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     repl = NamedSharding(mesh, P())
     batch_sh = NamedSharding(mesh, P(DATA_AXIS))
     # Checked here, before the dataset is built: a typo fails at once.
-    xla_options = compiler.compiler_options(config.get("cpu_convolutions", "eigen"),
-                                            mesh.devices.flat[0].platform)
+    platform = mesh.devices.flat[0].platform
+    xla_options = compiler.compiler_options(config.get("cpu_convolutions", "eigen"), platform)
+    barriers = _fusion_barriers(config, platform)
     logging.info("devices: %d (%s), processes: %d", jax.device_count(),
                  jax.devices()[0].device_kind, jax.process_count())
 
@@ -577,7 +591,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     stage = losses.check_choice("stage", config.stage, STAGES)
     _check_reslt(config)
-    model = _model_from(config.model, dataset.num_classes)
+    model = _model_from(config.model, dataset.num_classes, barriers)
     sample = jnp.zeros((1,) + dataset.image_shape, jnp.float32)
 
     loaded = None
@@ -610,7 +624,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             ("train", "eval"))
         t_cfg, t_vars, t_info = load_run(config.distill.teacher)
         _check_same_data(described, t_info, f"teacher {config.distill.teacher!r}")
-        teacher = _model_from(t_cfg["model"], dataset.num_classes)
+        teacher = _model_from(t_cfg["model"], dataset.num_classes, barriers)
         consts = {"teacher": jax.device_put(t_vars, repl)}
     elif config.distill.teacher:
         raise ValueError(f"distill.teacher is only used by stage 'distill', not {stage!r}")

@@ -60,6 +60,40 @@ def l2_normalize(x: Array, axis: int, eps: float = 1e-12) -> Array:
     return x / jnp.maximum(norm, eps)
 
 
+def _unit(x: Array) -> Array:
+    """Ones shaped like ``x`` that no compiler pass can fold: ``(bits | 1) & 1``."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    return ((bits | 1) & 1).astype(x.dtype)
+
+
+@jax.custom_vjp
+def fusion_barrier(x: Array) -> Array:
+    """``x``, materialised: an exact identity that XLA does not fuse into its consumers.
+
+    ``x: [...]`` -> the same values, shape and dtype: ``x / u`` with ``u`` a tensor of
+    ones computed from ``x``'s own bits, so no compiler pass can fold it (and, not being
+    a broadcast, it is not rewritten into a multiplication). The gradient is ``g / u(g)``,
+    exact too. XLA counts a division as expensive and does not duplicate it into several
+    consumers. Without it XLA:CPU fuses a ResNet's cheap BatchNorm/ReLU/residual chains
+    into every consumer, including the layout transposes in front of each kernel-gradient
+    convolution, and so recomputes up to six residual blocks per transpose, reading every
+    input in transposed (strided) order (BENCHMARKS.md, "Fusion barriers"). Used by the
+    CIFAR ResNet when ``fusion_barriers=True`` (``config.cpu_fusion_barriers``).
+    """
+    return x / _unit(x)
+
+
+def _barrier_fwd(x):
+    return fusion_barrier(x), None
+
+
+def _barrier_bwd(_, g):
+    return (g / _unit(g),)
+
+
+fusion_barrier.defvjp(_barrier_fwd, _barrier_bwd)
+
+
 class BatchNorm(nn.Module):
     """BatchNorm over the channel (last) axis with PyTorch's training semantics.
 

@@ -137,13 +137,14 @@ class CifarResLTExpert(nn.Module):
     num_branches: int = 3
     eval_gamma: float | None = None
     dtype: Any = None
+    fusion_barriers: bool = False   # as CifarExpert's (same numbers, faster on XLA:CPU)
 
     @nn.compact
     def __call__(self, h: Array, train: bool) -> tuple[Array, Array]:
         _check_branches(self.num_branches)
         _check_gamma(self.eval_gamma)
         x = cifar_expert_layers(h, self.layer2_dim, self.layer3_dim, self.blocks, self.dtype,
-                                train)
+                                train, self.fusion_barriers)
         features = jnp.mean(x, axis=(1, 2))
         branch_features = jnp.stack([
             jnp.mean(BatchNorm(dtype=self.dtype, name=f"bn_{BRANCH_NAMES[k]}")(x, train),
