@@ -32,3 +32,21 @@ def run_main(workdir, config, extra=(), **kw):
     return subprocess.run([sys.executable, "-m", "ride_jax.main", f"--config={config}",
                            f"--workdir={workdir}", *extra], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=900, **kw)
+
+
+def ride_train_grad(model, vec, diversity_factor=-0.45):
+    """``(params, batch_stats, images, labels) -> ((loss, (expert_logits, new batch_stats)),
+    grads)``: the RIDE loss of a train-mode forward (``vec``: ``losses.ride_schedule``)."""
+    import jax
+
+    from ride_jax import losses
+
+    def loss_fn(params, batch_stats, images, labels):
+        out, state = model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                 train=True)
+        loss, _ = losses.ride_loss(out["expert_logits"], labels, margins=vec.margins,
+                                   class_weights=vec.class_weights,
+                                   temperatures=vec.temperatures,
+                                   diversity_factor=diversity_factor)
+        return loss, (out["expert_logits"], state["batch_stats"])
+    return jax.value_and_grad(loss_fn, has_aux=True)

@@ -11,7 +11,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SECTIONS = ("train_step", "resnet50", "input", "eval", "full_run")
 TABLE_HEADERS = (
-    "| E | impl | cpu conv | batch | images/s | compile s | status |",
+    "| E | impl | cpu conv | barriers | batch | images/s | compile s | status |",
     "| E | batch | image | images/s | compile s | status |",
     "| pipeline | batch | images/s | status |",
     "| model | batch | images/s | compile s | status |",
@@ -65,6 +65,7 @@ def test_tiny_rows_are_measured(tiny):
     steps = sec["train_step"]["rows"]
     assert [(r["experts"], r["batch"], r["impl"], r["cpu_convolutions"]) for r in steps] == [
         (1, 8, "loop", "eigen")]
+    assert [r["fusion_barriers"] for r in steps] == [True]     # the trainer's CPU choice
     for r in steps + sec["resnet50"]["rows"] + sec["eval"]["rows"]:
         assert r["status"].startswith("ok"), r
         assert r["images_per_s"] > 0 and r["compile_s"] > 0, r

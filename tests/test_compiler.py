@@ -11,6 +11,8 @@ from ride_jax import compiler, losses
 from ride_jax.data import long_tail_counts
 from ride_jax.models import create_model
 
+from helpers import ride_train_grad
+
 EIGEN = {"xla_cpu_experimental_ynn_fusion_type":
          "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
@@ -35,14 +37,13 @@ def test_unknown_option_falls_back_to_xla_defaults():
 
 
 def _grad_fn(model, vec):
-    def loss_fn(params, batch_stats, images, labels):
-        out, _ = model.apply({"params": params, "batch_stats": batch_stats}, images,
-                             train=True)
-        loss, _ = losses.ride_loss(out["expert_logits"], labels, margins=vec.margins,
-                                   class_weights=vec.class_weights,
-                                   temperatures=vec.temperatures, diversity_factor=-0.45)
-        return loss
-    return jax.value_and_grad(loss_fn)
+    """(params, batch_stats, images, labels) -> (loss, grads)."""
+    fn = ride_train_grad(model, vec)
+
+    def loss_and_grads(*args):
+        (loss, _), grads = fn(*args)
+        return loss, grads
+    return loss_and_grads
 
 
 def _relative_errors(grads, reference):

@@ -16,6 +16,8 @@ from ride_jax.models import create_model
 from ride_jax.models.layers import fusion_barrier
 from ride_jax.train import _fusion_barriers
 
+from helpers import ride_train_grad
+
 
 def test_barrier_is_an_exact_identity_with_an_exact_gradient():
     rng = np.random.default_rng(0)
@@ -32,17 +34,6 @@ def test_barrier_is_an_exact_identity_with_an_exact_gradient():
     np.testing.assert_array_equal(np.asarray(fusion_barrier(xb), np.float32),
                                   np.asarray(xb, np.float32))
     assert fusion_barrier(xb).dtype == jnp.bfloat16
-
-
-def _train_fn(model, vec):
-    def loss_fn(params, batch_stats, images, labels):
-        out, state = model.apply({"params": params, "batch_stats": batch_stats}, images,
-                                 train=True)
-        loss, _ = losses.ride_loss(out["expert_logits"], labels, margins=vec.margins,
-                                   class_weights=vec.class_weights,
-                                   temperatures=vec.temperatures, diversity_factor=-0.45)
-        return loss, (out["expert_logits"], state["batch_stats"])
-    return jax.value_and_grad(loss_fn, has_aux=True)
 
 
 @pytest.mark.parametrize("head", ["plain", "reslt"])
@@ -63,8 +54,8 @@ def test_model_with_barriers_computes_the_same_function(head):
             == jax.tree_util.tree_structure(variables))
     args = (variables["params"], variables["batch_stats"], images, labels)
     opts = compiler.compiler_options("eigen", jax.default_backend())
-    (loss_p, aux_p), grads_p = jax.jit(_train_fn(plain, vec), compiler_options=opts)(*args)
-    (loss_b, aux_b), grads_b = jax.jit(_train_fn(barred, vec), compiler_options=opts)(*args)
+    (loss_p, aux_p), grads_p = jax.jit(ride_train_grad(plain, vec), compiler_options=opts)(*args)
+    (loss_b, aux_b), grads_b = jax.jit(ride_train_grad(barred, vec), compiler_options=opts)(*args)
     np.testing.assert_allclose(loss_b, loss_p, rtol=1e-6)
     for a, b in zip(jax.tree_util.tree_leaves(aux_b), jax.tree_util.tree_leaves(aux_p)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -95,7 +86,7 @@ def test_barriers_stop_recompute_chains_in_the_compiled_cpu_step():
         tx = optax.sgd(0.1, momentum=0.9)
 
         def step(params, batch_stats, opt_state, model=model):
-            (_, _), grads = _train_fn(model, vec)(params, batch_stats, images, labels)
+            (_, _), grads = ride_train_grad(model, vec)(params, batch_stats, images, labels)
             updates, opt_state = tx.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state
 
