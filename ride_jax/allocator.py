@@ -4,7 +4,8 @@ XLA:CPU allocates a program's temporaries (~0.5 GB for a RIDE-3 ResNet-32 step a
 128) and Eigen's convolution scratch (~75 MB a call) with ``malloc``. glibc serves blocks
 over 32 MB with a fresh ``mmap`` and gives them back with ``munmap`` on ``free``, so every
 train step touches ~550 MB of new 4 KiB pages: ~140,000 page faults and ~0.5 s of kernel
-time a step on the 2-core CI machine (measured; BENCHMARKS.md, "Host allocator").
+time a step on the 2-core CI machine (measured; BENCHMARKS.md, "Fusion barriers and
+the host allocator").
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (glibc >= 2.35) makes malloc ask for
 transparent huge pages, which cuts the faults ~500-fold; it cannot be turned on in a
 running process, so :func:`reexec_with_hugepage_malloc` restarts the interpreter once,
@@ -60,17 +61,16 @@ def hugepage_environ(environ: Mapping[str, str], *, system: str | None = None,
     sets ``glibc.malloc.hugetlb``. ``system``, ``glibc``, ``thp_mode`` default to this
     machine's (arguments for tests).
     """
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if (environ.get(OPT_OUT, "") == "system" or environ.get(_MARK)
+            or "glibc.malloc.hugetlb" in tunables):
+        return None                       # decided by the environment: no machine probing
     system = platform.system() if system is None else system
     glibc = _glibc_version() if glibc is None else glibc
     thp_mode = _thp_mode() if thp_mode is None else thp_mode
-    if environ.get(OPT_OUT, "") == "system" or environ.get(_MARK):
-        return None
     if system != "Linux" or glibc is None or glibc < (2, 35):
         return None
     if thp_mode not in ("always", "madvise"):
-        return None
-    tunables = environ.get("GLIBC_TUNABLES", "")
-    if "glibc.malloc.hugetlb" in tunables:
         return None
     env = dict(environ)
     env["GLIBC_TUNABLES"] = f"{tunables}:{TUNABLE}" if tunables else TUNABLE

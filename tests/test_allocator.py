@@ -42,11 +42,15 @@ def test_thp_mode_reads_the_selected_entry(tmp_path):
     assert allocator._thp_mode(str(tmp_path / "missing")) is None
 
 
+def _clean_environ():
+    """This process's environment without the variables the allocator reads or sets."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("GLIBC_TUNABLES", allocator._MARK, allocator.OPT_OUT)}
+
+
 def _run(code, **env):
-    environ = {k: v for k, v in os.environ.items()
-               if k not in ("GLIBC_TUNABLES", allocator._MARK, allocator.OPT_OUT)}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**environ, **env}, timeout=120)
+                          env={**_clean_environ(), **env}, timeout=120)
 
 
 SCRIPT = ("import os; from ride_jax import allocator; "
@@ -55,9 +59,7 @@ SCRIPT = ("import os; from ride_jax import allocator; "
 
 
 def test_restart_keeps_the_command_and_happens_once():
-    clean = {k: v for k, v in os.environ.items()
-             if k not in ("GLIBC_TUNABLES", allocator._MARK, allocator.OPT_OUT)}
-    expected = allocator.hugepage_environ(clean)
+    expected = allocator.hugepage_environ(_clean_environ())
     out = _run(SCRIPT)
     assert out.returncode == 0, out.stderr
     if expected is None:      # a machine where it cannot help: the process is left alone

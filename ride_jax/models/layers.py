@@ -77,8 +77,9 @@ def fusion_barrier(x: Array) -> Array:
     consumers. Without it XLA:CPU fuses a ResNet's cheap BatchNorm/ReLU/residual chains
     into every consumer, including the layout transposes in front of each kernel-gradient
     convolution, and so recomputes up to six residual blocks per transpose, reading every
-    input in transposed (strided) order (BENCHMARKS.md, "Fusion barriers"). Used by the
-    CIFAR ResNet when ``fusion_barriers=True`` (``config.cpu_fusion_barriers``).
+    input in transposed (strided) order (BENCHMARKS.md, "Fusion barriers and the host
+    allocator"). Used by the CIFAR ResNet when ``fusion_barriers=True``
+    (``config.cpu_fusion_barriers``).
     """
     return x / _unit(x)
 

@@ -244,7 +244,7 @@ def create_model(arch: str = "resnet32", *, num_classes: int, num_experts: int =
         block, in training and evaluation. None: official ``'conv_pool'`` (training,
         ``--after_1x1conv``) and ``'pool_conv'`` (evaluation).
       fusion_barriers: ``resnet32`` only. Materialise every ReLU output of the residual
-        blocks (``layers.fusion_barrier``): the same function, ~1.7x faster training
+        blocks (``layers.fusion_barrier``): the same function, 1.45-1.86x faster training
         steps on XLA:CPU, which otherwise recomputes BN/ReLU/residual chains inside its
         kernel-gradient transposes. The trainer turns it on for CPU devices
         (``config.cpu_fusion_barriers``).
