@@ -7,10 +7,13 @@ In-memory loader (``ride_jax.data.loader``): a CIFAR-100-LT-sized uint8 set (10,
 images, 32x32x3, ``synthetic_lt``) on the device; for each augmentation recipe and
 batch size, a whole epoch of batches is made (host-side index and parameter draws,
 then gather + crop/flip/rotate + normalise on the device). The RIDE ResNet-32 (3
-experts) train step is then timed on the same batches three ways, interleaved in one process: alone (batches
-made beforehand), fed (the loader's iterator, one extra dispatch per step) and fused
-(``plan_batch`` inside the jitted train step); "fed / alone" and "fused / alone" say
-how much the loader slows training (1.0 = not at all).
+experts; compiled as the trainer compiles it here: ``config.cpu_convolutions`` and
+``config.cpu_fusion_barriers`` on a CPU) train step is then timed on the same batches four
+ways, interleaved in one process: alone (batches made beforehand), fed (the loader's
+iterator, one extra dispatch per step), fused (``plan_batch`` inside the jitted train
+step) and scanned (``config.steps_per_call``: the loader's ``epoch_calls`` stacks all the
+timed steps' batches in one call, and one jitted ``lax.scan`` runs them); "fed / alone"
+etc. say how much the loader slows training (1.0 = not at all) or the scan speeds it up.
 
 Streaming loader (``--streaming``, needs TensorFlow): tf.data reading 500x375 JPEG
 files, decoding them and applying the official ImageNet-LT train transform
@@ -36,9 +39,9 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import make_step  # noqa: E402
+from train_step import make_step, trainer_barriers  # noqa: E402
 
-from ride_jax import losses  # noqa: E402
+from ride_jax import compiler, losses  # noqa: E402
 from ride_jax.data import make_loader  # noqa: E402
 from ride_jax.data.loader import plan_batch  # noqa: E402
 from ride_jax.data.synthetic import synthetic_lt  # noqa: E402
@@ -74,14 +77,16 @@ def bench_loader(ds, batch, augment, repeats, steps=None):
 def bench_train(ds, batch, steps, repeats, experts=3, verbose=False):
     vec = losses.ride_schedule(ds.train_counts, epoch=170, reweight_epoch=160,
                                reweight_factor=0.05)
-    model = create_model("resnet32", num_classes=ds.num_classes, num_experts=experts)
+    model = create_model("resnet32", num_classes=ds.num_classes, num_experts=experts,
+                         fusion_barriers=trainer_barriers())
+    options = compiler.compiler_options("eigen")
     loader = make_loader(ds, batch, augment="ride", remainder="drop")
     first = next(loader.epoch(0))
     variables = jax.jit(model.init)(jax.random.key(0), first["image"])
     tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9,
                                                                 nesterov=True))
     state = [variables["params"], variables["batch_stats"], tx.init(variables["params"])]
-    step = make_step(model, tx, vec)
+    step = make_step(model, tx, vec, compiler_options=options)
     batches = [b for _, b in zip(range(steps), loader.epoch(1))]
 
     def alone():
@@ -103,7 +108,20 @@ def bench_train(ds, batch, steps, repeats, experts=3, verbose=False):
     def fused_fn(params, batch_stats, opt_state, data, plan, step_id):
         b = plan_batch(data, plan, step_id, aug=loader.augment)
         return raw_step(params, batch_stats, opt_state, b["image"], b["label"])
-    fused_step = jax.jit(fused_fn, donate_argnums=(0, 1, 2))
+    fused_step = jax.jit(fused_fn, donate_argnums=(0, 1, 2), compiler_options=options)
+
+    # Scanned: every timed step in one call (stacked batches from epoch_calls), unrolled
+    # on a CPU as the trainer does (ride_jax.train.scan_unroll; not imported: it needs
+    # ml_collections, which a bare device image lacks).
+    unroll = True if jax.default_backend() == "cpu" else 1
+    def scan_fn(params, batch_stats, opt_state, images, labels):
+        def body(carry, xs):
+            *new, loss = raw_step(*carry, *xs)
+            return tuple(new), loss
+        carry, loss = jax.lax.scan(body, (params, batch_stats, opt_state), (images, labels),
+                                   unroll=unroll)
+        return (*carry, loss[-1])
+    scan_step = jax.jit(scan_fn, donate_argnums=(0, 1, 2), compiler_options=options)
 
     def fused():
         plan, _, _ = loader.epoch_plan(2)
@@ -114,7 +132,16 @@ def bench_train(ds, batch, steps, repeats, experts=3, verbose=False):
         loss.block_until_ready()
         return steps * batch
 
-    runs = {"alone": alone, "fed": fed, "fused": fused}
+    def scanned():
+        done = 0
+        for k, b in loader.epoch_calls(3, steps_per_call=steps, stop=steps):
+            *new, loss = (scan_step if k > 1 else step)(*state, b["image"], b["label"])
+            state[:] = new
+            done += k
+        loss.block_until_ready()
+        return done * batch
+
+    runs = {"alone": alone, "fed": fed, "fused": fused, "scanned": scanned}
     for fn in runs.values():                                  # compile and warm up
         fn()
     rates = {k: [] for k in runs}
@@ -193,14 +220,15 @@ def main(argv=None):
     print(f"# RIDE ResNet-32 (3 experts) train step, {args.train_steps} steps, alone vs fed by "
           f"the loader ('ride' augmentation)")
     print(f"{'batch':>6} {'alone img/s':>12} {'fed img/s':>12} {'fused img/s':>12} "
-          f"{'fed/alone':>10} {'fused/alone':>12}")
+          f"{'scanned img/s':>14} {'fed/alone':>10} {'fused/alone':>12} {'scanned/fed':>12}")
     for batch in [] if args.skip_train else [int(b) for b in args.batches.split(",")]:
         r = bench_train(ds, batch, args.train_steps, args.repeats, verbose=args.verbose)
-        for k in ("alone", "fed", "fused"):
+        for k in ("alone", "fed", "fused", "scanned"):
             rows.append({"pipeline": f"train step {k}", "batch": batch,
                          "images_per_s": round(r[k], 1)})
         print(f"{batch:>6} {r['alone']:>12.1f} {r['fed']:>12.1f} {r['fused']:>12.1f} "
-              f"{r['fed'] / r['alone']:>10.3f} {r['fused'] / r['alone']:>12.3f}", flush=True)
+              f"{r['scanned']:>14.1f} {r['fed'] / r['alone']:>10.3f} "
+              f"{r['fused'] / r['alone']:>12.3f} {r['scanned'] / r['fed']:>12.3f}", flush=True)
     if args.streaming:
         print(f"# streaming tf.data loader, JPEG 500x375 -> 224, {os.cpu_count()} CPUs")
         print(f"{'pipeline':<28} {'batch':>6} {'images/s':>12} {'per core':>10}")

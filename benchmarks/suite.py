@@ -4,6 +4,8 @@
     python benchmarks/suite.py --json bench.json                # ... and write the rows
     python benchmarks/suite.py --only train_step --experts 3 --batches 512
     python benchmarks/suite.py --full-run --full-run-cache /data/cifar10_jpeg_lt.npz
+    python benchmarks/suite.py --only full_run --full-run --full-run-cache /data/c10.npz \
+        --full-run-set steps_per_call=0            # a whole epoch per compiled call (GPU)
     python benchmarks/suite.py --tiny --json /tmp/tiny.json     # CI: every code path, ~1.5 min
 
 Sections (``--only a,b`` / ``--skip a,b``):
@@ -25,8 +27,9 @@ Sections (``--only a,b`` / ``--skip a,b``):
 * ``full_run``: wall time of ``ride_jax.train.train_and_evaluate`` on a recipe
   (``--full-run-config``, default ``configs/cifar10_jpeg_lt.py``: the official 200-epoch
   RIDE-3 recipe, evaluated every epoch), data loading included; ``--full-run-cache``
-  reads a prepared ``.npz`` instead (no TensorFlow). Opt-in with ``--full-run`` (naming
-  it in ``--only`` is not enough): it takes hours on a CPU.
+  reads a prepared ``.npz`` instead (no TensorFlow); ``--full-run-set KEY=VALUE``
+  overrides config keys (``steps_per_call``, ``model.dtype``, ...). Opt-in with
+  ``--full-run`` (naming it in ``--only`` is not enough): it takes hours on a CPU.
 
 After each section the peak memory of the process so far is reported: the device's
 ``peak_bytes_in_use`` where the backend gives it (GPU), and the host's peak RSS (always;
@@ -141,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"recipe as path:arg ({DEFAULT_FULL_RUN_CONFIG}: 200-epoch RIDE-3)")
     g.add_argument("--full-run-cache", default="",
                    help="a prepared dataset .npz (sets dataset.cache; no TensorFlow needed)")
+    g.add_argument("--full-run-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key of the full run, e.g. steps_per_call=0 or "
+                        "model.dtype=bfloat16 (repeatable)")
     g.add_argument("--workdir", default="",
                    help="where the full run writes (a fresh full_run_* folder inside, kept); "
                         "default a temporary folder, removed afterwards")
@@ -180,8 +186,49 @@ def _resolve_path(path: str) -> str:
     return alt if os.path.exists(alt) else path
 
 
-def load_full_run_config(spec: str, cache: str):
-    """The recipe of ``spec`` (``path[:arg]``) with ``dataset.cache`` set; UsageError if bad."""
+def _parse_value(key: str, text: str, old):
+    if isinstance(old, bool):
+        if text.lower() not in ("true", "false"):
+            raise UsageError(f"--full-run-set {key}={text!r}: expected true or false")
+        return text.lower() == "true"
+    for kind in (int, float):
+        if isinstance(old, kind):
+            try:
+                return kind(text)
+            except ValueError:
+                raise UsageError(f"--full-run-set {key}={text!r}: expected {kind.__name__} "
+                                 f"(the recipe has {old!r})") from None
+    return text
+
+
+def apply_overrides(config, items) -> dict:
+    """Sets ``KEY=VALUE`` items (dotted keys, values typed as the recipe's) on ``config``;
+    returns them as a dict. UsageError naming the bad item and the valid keys."""
+    done = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--full-run-set {item!r}: expected KEY=VALUE")
+        *path, last = key.split(".")
+        node = config
+        for i, name in enumerate(path + [last]):
+            if not hasattr(node, "keys") or name not in node:
+                where = ".".join(path[:i]) or "the config"
+                valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none"
+                raise UsageError(f"--full-run-set {item!r}: {where} has no key {name!r}; "
+                                 f"valid keys: {valid}")
+            if i < len(path):
+                node = node[name]
+        old = node[last]
+        if hasattr(old, "keys"):
+            raise UsageError(f"--full-run-set {item!r}: {key!r} is a group, not a value")
+        node[last] = done[key] = _parse_value(key, text, old)
+    return done
+
+
+def load_full_run_config(spec: str, cache: str, overrides=()):
+    """The recipe of ``spec`` (``path[:arg]``) with ``dataset.cache`` set and ``overrides``
+    (``KEY=VALUE`` items) applied; UsageError if bad."""
     from ride_jax import configlib
     path, arg = spec, None
     if ".py:" in spec:                       # a relative recipe path is resolved below
@@ -196,7 +243,8 @@ def load_full_run_config(spec: str, cache: str):
             raise UsageError(f"--full-run-cache={cache!r}: no such file (build one with "
                              "`python -m ride_jax.data.prepare`)")
         config.dataset.cache = os.path.abspath(cache)
-    else:                       # a missing data path would only show after the other sections
+    apply_overrides(config, overrides)
+    if not cache:               # a missing data path would only show after the other sections
         for key in ("path", "data_dir"):
             value = config.dataset.args.get(key) if hasattr(config.dataset.args, "get") else None
             if value and not os.path.exists(value):
@@ -242,6 +290,7 @@ def resolve(args: argparse.Namespace) -> dict:
         raise UsageError(f"--resnet50-image={s['resnet50_image']} must be >= 32 (the "
                          "network downsamples 32x)")
     s["full_run_cache"] = args.full_run_cache
+    s["full_run_set"] = list(args.full_run_set)
     s["workdir"] = args.workdir
     s["tiny"] = args.tiny
     return s
@@ -485,6 +534,8 @@ def section_full_run(s: dict, config) -> dict:
     row = {"config": spec, "cache": config.dataset.cache or "", "epochs": int(config.epochs),
            "batch": int(config.data.batch_size), "experts": int(config.model.num_experts),
            "eval_every_epochs": int(config.eval_every_epochs),
+           "overrides": list(s["full_run_set"]),
+           "steps_per_call": int(config.get("steps_per_call", 1)),
            "workdir": workdir if keep else ""}
     print(f"\n# full_run: {spec} ({row['epochs']} epochs) in {workdir}", flush=True)
     try:
@@ -539,7 +590,8 @@ def main(argv: list[str] | None = None) -> dict:
         s["tiny_xla_flag"] = _tiny_xla_flag()
     full_config = None
     if "full_run" in s["selected"] and s["full_run"]:
-        full_config = load_full_run_config(s["full_run_config"], s["full_run_cache"])
+        full_config = load_full_run_config(s["full_run_config"], s["full_run_cache"],
+                                           s["full_run_set"])
     if args.json:
         d = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(d):

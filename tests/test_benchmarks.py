@@ -3,6 +3,7 @@ so it cannot rot: every section, the tables, the JSON, the command-line errors."
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -27,7 +28,9 @@ def _suite(*args, timeout=600):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "tiny.json"
-    proc = _suite("--tiny", "--json", str(path))
+    # The full run scans its steps two per call (config.steps_per_call), so CI runs
+    # that path of the trainer too.
+    proc = _suite("--tiny", "--json", str(path), "--full-run-set", "steps_per_call=2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(path) as f:
         return proc, json.load(f)
@@ -79,6 +82,7 @@ def test_tiny_rows_are_measured(tiny):
     assert full["status"] == "finished", full
     assert full["wall_s"] > 0 and full["train_images_per_s"] > 0
     assert full["epochs"] == 2 and full["evaluations"] == 2      # evaluated every epoch
+    assert full["steps_per_call"] == 2 and full["overrides"] == ["steps_per_call=2"]
     assert 0.0 <= full["top1"] <= 1.0
 
 
@@ -99,6 +103,20 @@ def test_bad_cpu_convolutions_is_a_one_line_error():
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "'fast'" in lines[0], proc.stderr
     assert "eigen" in lines[0] and "xla_default" in lines[0]
+
+
+@pytest.mark.parametrize("item, message", [
+    ("steps_per_call", "expected KEY=VALUE"),
+    ("optim.lrate=0.1", "optim has no key 'lrate'; valid keys: .*momentum"),
+    ("steps_per_call=two", "expected int"),
+    ("optim=1", "'optim' is a group"),
+])
+def test_bad_full_run_override_is_a_one_line_error(item, message):
+    proc = _suite("--only", "full_run", "--full-run", "--full-run-set", item, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]), proc.stderr
+    assert repr(item) in lines[0] or item.split("=")[0] in lines[0]
 
 
 def test_full_run_is_opt_in_and_explicit_options_override_the_preset(tmp_path):

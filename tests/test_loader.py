@@ -162,6 +162,14 @@ _SHARDED = textwrap.dedent("""
         for k in ("image", "label", "mask"):
             np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
         assert b["mask"].sharding.spec == P("data")
+    # Stacked batches of scanned train steps (steps_per_call): B sharded, the same values.
+    calls = list(zip(one.epoch_calls(1, steps_per_call=4), eight.epoch_calls(1, steps_per_call=4)))
+    assert [k for (k, _), _ in calls] == [4, 1, 1, 1], [k for (k, _), _ in calls]
+    (_, a), (_, b) = calls[0]
+    assert b["image"].sharding.spec == P(None, "data") and len(b["image"].addressable_shards) == 8
+    assert b["image"].addressable_shards[0].data.shape[:2] == (4, 8)
+    for k in ("image", "label"):
+        np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
     print("OK")
 """)
 

@@ -7,6 +7,8 @@ the batch on the devices, each device producing its own slice of the global batc
 
 Batches are dicts: ``{'image': [B, H, W, C] float (normalised NHWC), 'label': [B] int32}``,
 and evaluation batches add ``'mask': [B] bool`` (False on padding), sharded ``P('data')``.
+``epoch_calls`` groups an epoch's batches for a train step scanned over ``k`` steps
+(``config.steps_per_call``): ``[k, B, ...]`` stacks, sharded ``P(None, 'data')``.
 
 Order and randomness are functions of ``(seed, epoch)`` alone, so a resumed run sees
 the same batches as an uninterrupted one:
@@ -135,6 +137,36 @@ def plan_batch(data: dict[str, jax.Array], plan: dict[str, jax.Array], step: jax
     return train_batch(data, idx, row, aug=aug, dtype=dtype)
 
 
+def plan_chunk(data: dict[str, jax.Array], plan: dict[str, jax.Array], start: jax.Array, *,
+               k: int, aug: Augment, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
+    """Steps ``start .. start + k - 1`` of an epoch plan, stacked (pure, jittable).
+
+    The batches of :func:`plan_batch` for those steps (the same gather, augmentation and
+    normalisation, vmapped over the steps), for a train step scanned over ``k`` steps.
+
+    Args:
+      data: ``DeviceLoader.data``.
+      plan: ``DeviceLoader.epoch_plan``'s ``{'idx': [S, B], ...}``.
+      start: scalar int32, ``start + k <= S``.
+      k: number of steps (static).
+
+    Returns:
+      ``{'image': [k, B, H, W, C] dtype, 'label': [k, B] int32}``.
+    """
+    steps = start + jnp.arange(k, dtype=jnp.int32)
+    return jax.vmap(lambda s: plan_batch(data, plan, s, aug=aug, dtype=dtype))(steps)
+
+
+def check_steps_per_call(steps_per_call: Any) -> int:
+    """``steps_per_call`` as an int >= 0 (0: every full batch of an epoch in one call)."""
+    if (isinstance(steps_per_call, (bool, np.bool_))
+            or not isinstance(steps_per_call, (int, np.integer)) or steps_per_call < 0):
+        raise ValueError(f"steps_per_call={steps_per_call!r}: expected an int >= 1 (train "
+                         "steps scanned in one compiled call), or 0 (a whole epoch's full "
+                         "batches per call)")
+    return int(steps_per_call)
+
+
 _train_batch = jax.jit(train_batch, static_argnames=("aug", "dtype"))
 _plan_batch = jax.jit(plan_batch, static_argnames=("aug", "dtype"))
 
@@ -255,6 +287,56 @@ class DeviceLoader:
         if last is not None and start <= full:
             idx, params = last
             yield _train_batch(data, idx, params, aug=self.augment, dtype=self.dtype)
+
+    def chunk_sharding(self) -> NamedSharding:
+        """Sharding of stacked batches ``[k, B, ...]`` (:meth:`epoch_calls`): B on ``'data'``."""
+        return NamedSharding(self.mesh, P(None, DATA_AXIS))
+
+    def _chunk_fn(self, k: int):
+        fns = self._arrays.setdefault("chunk_fns", {})
+        if k not in fns:
+            fns[k] = jax.jit(functools.partial(plan_chunk, k=k, aug=self.augment,
+                                               dtype=self.dtype),
+                             out_shardings=self.chunk_sharding())
+        return fns[k]
+
+    def epoch_calls(self, epoch: int, start: int = 0, steps_per_call: int = 1,
+                    stop: int | None = None) -> Iterator[tuple[int, dict[str, jax.Array]]]:
+        """The batches of :meth:`epoch`, grouped for a train step scanned over steps.
+
+        Yields ``(k, batch)``. Full batches come ``steps_per_call`` at a time as one
+        stacked batch (``k = steps_per_call`` > 1: ``{'image': [k, B, H, W, C], 'label':
+        [k, B]}``, sharded on B, made by one jitted :func:`plan_chunk`); the full batches
+        left over before the end (or ``stop``), and the smaller last batch, come one at a
+        time (``k = 1``, unstacked, as :meth:`epoch` makes them). Concatenated, they are
+        :meth:`epoch`'s batches from ``start``, in order. The chunk size never changes
+        within a run (one compiled scanned step); a resumed epoch's leftover steps run
+        singly.
+
+        Args:
+          epoch: 0-indexed epoch.
+          start: first step (resuming mid-epoch).
+          steps_per_call: steps per stacked call, >= 1; 0: every full batch of the epoch
+            in one call.
+          stop: step of the epoch to end before (default: its end; e.g. ``max_steps``).
+        """
+        k = check_steps_per_call(steps_per_call)
+        data = self.data
+        plan, full, last = self.epoch_plan(epoch)
+        end = self.steps_per_epoch if stop is None else min(int(stop), self.steps_per_epoch)
+        k = k or full
+        s, full_end = start, min(full, end)
+        if k > 1:
+            while s + k <= full_end:
+                yield k, self._chunk_fn(k)(data, plan, self._step_id(s))
+                s += k
+        while s < full_end:
+            yield 1, _plan_batch(data, plan, self._step_id(s), aug=self.augment,
+                                 dtype=self.dtype)
+            s += 1
+        if last is not None and start <= full < end:
+            idx, params = last
+            yield 1, _train_batch(data, idx, params, aug=self.augment, dtype=self.dtype)
 
     def epoch_plan(self, epoch: int) -> tuple[dict[str, jax.Array], int, Any]:
         """The device-side plan of ``epoch``: what :meth:`epoch` iterates over.
