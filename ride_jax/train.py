@@ -354,12 +354,12 @@ def make_multi_step(step_fn: Callable, unroll: bool | int = 1) -> Callable:
 def scan_unroll(platform: str) -> bool | int:
     """How the trainer scans ``steps_per_call`` steps on ``platform``.
 
-    CPU: fully unrolled (True). XLA:CPU compiles the convolutions inside a loop body with
-    a generic emitter instead of its Eigen ones: the rolled RIDE-3 step ran ~30x slower
-    here (2.3 vs 67 images/s at batch 32), and its BatchNorm-conv gradients drifted ~3%
-    from the per-step ones in two steps; unrolled, the program is bitwise the per-step
-    one (tested), at K times the compile time. Other platforms: one rolled loop
-    (compile time independent of K).
+    CPU: fully unrolled (True). XLA:CPU compiles the convolutions inside a loop body
+    differently (not in the layout its Eigen convolutions take): the rolled RIDE-3 step
+    ran ~30x slower here (2.3 vs 67 images/s at batch 32), and its conv gradients
+    drifted ~3% from the per-step ones in two steps; unrolled, the program is the
+    per-step one repeated (equal to float32 rounding, tested), at K times the compile
+    time. Other platforms: one rolled loop (compile time independent of K).
     """
     return True if platform == "cpu" else 1
 
