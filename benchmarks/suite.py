@@ -485,13 +485,16 @@ def section_eval(s: dict) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from train_step import host_variables
+    from train_step import host_variables, trainer_barriers
 
     from ride_jax.models import create_model
     batch = s["eval_batch"]
-    row = {"model": "RIDE ResNet-32 E=3", "experts": 3, "batch": batch}
+    barriers = trainer_barriers()       # as the trainer's eval step (CPU: on)
+    row = {"model": "RIDE ResNet-32 E=3", "experts": 3, "batch": batch,
+           "fusion_barriers": barriers}
     try:
-        model = create_model("resnet32", num_classes=100, num_experts=3, dtype=_dtype(s))
+        model = create_model("resnet32", num_classes=100, num_experts=3, dtype=_dtype(s),
+                             fusion_barriers=barriers)
         rng = np.random.default_rng(0)
         images = jnp.asarray(rng.standard_normal((batch, 32, 32, 3), dtype=np.float32))
         variables = host_variables(model, images)

@@ -69,6 +69,7 @@ def test_tiny_rows_are_measured(tiny):
     assert [(r["experts"], r["batch"], r["impl"], r["cpu_convolutions"]) for r in steps] == [
         (1, 8, "loop", "eigen")]
     assert [r["fusion_barriers"] for r in steps] == [True]     # the trainer's CPU choice
+    assert [r["fusion_barriers"] for r in sec["eval"]["rows"]] == [True]
     for r in steps + sec["resnet50"]["rows"] + sec["eval"]["rows"]:
         assert r["status"].startswith("ok"), r
         assert r["images_per_s"] > 0 and r["compile_s"] > 0, r
