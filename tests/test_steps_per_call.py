@@ -67,8 +67,9 @@ def test_stacked_batches_are_sharded_on_the_batch_axis(ds):
 
 @pytest.mark.parametrize("bad", [-1, 2.5, True, "4", None])
 def test_bad_steps_per_call_names_the_value(bad):
-    with pytest.raises(ValueError, match=r"steps_per_call=.*int >= 1.*or 0"):
+    with pytest.raises(ValueError, match=r"steps_per_call=.*int >= 1.*or 0") as e:
         check_steps_per_call(bad)
+    assert f"steps_per_call={bad!r}:" in str(e.value)
 
 
 def _step_fns(lr=0.01):
