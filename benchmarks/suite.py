@@ -201,10 +201,9 @@ def _parse_value(key: str, text: str, old):
     return text
 
 
-def apply_overrides(config, items) -> dict:
+def apply_overrides(config, items) -> None:
     """Sets ``KEY=VALUE`` items (dotted keys, values typed as the recipe's) on ``config``;
-    returns them as a dict. UsageError naming the bad item and the valid keys."""
-    done = {}
+    UsageError naming the bad item and the valid keys."""
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -222,8 +221,7 @@ def apply_overrides(config, items) -> dict:
         old = node[last]
         if hasattr(old, "keys"):
             raise UsageError(f"--full-run-set {item!r}: {key!r} is a group, not a value")
-        node[last] = done[key] = _parse_value(key, text, old)
-    return done
+        node[last] = _parse_value(key, text, old)
 
 
 def load_full_run_config(spec: str, cache: str, overrides=()):

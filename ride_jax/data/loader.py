@@ -279,14 +279,8 @@ class DeviceLoader:
         are drawn on the host from ``default_rng([seed, 3, epoch])``
         (:func:`sample_params_host`: PIL-exact rotations).
         """
-        data = self.data
-        plan, full, last = self.epoch_plan(epoch)
-        for step in range(start, full):
-            yield _plan_batch(data, plan, self._step_id(step), aug=self.augment,
-                              dtype=self.dtype)
-        if last is not None and start <= full:
-            idx, params = last
-            yield _train_batch(data, idx, params, aug=self.augment, dtype=self.dtype)
+        for _, batch in self.epoch_calls(epoch, start=start):
+            yield batch
 
     def chunk_sharding(self) -> NamedSharding:
         """Sharding of stacked batches ``[k, B, ...]`` (:meth:`epoch_calls`): B on ``'data'``."""
