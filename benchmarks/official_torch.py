@@ -126,6 +126,14 @@ class RIDELoss:
         else:
             self.weights, self.temperature, self.temperature_mean = None, 1.0, 1.0
 
+    def to(self, device):
+        """Moves the class vectors to ``device`` (the official code builds them with .cuda())."""
+        self.m_list = self.m_list.to(device)
+        if self.weights is not None:
+            self.weights = self.weights.to(device)
+            self.temperature = self.temperature.to(device)
+        return self
+
     def _margin(self, x, target):
         index = torch.zeros_like(x, dtype=torch.uint8)
         index.scatter_(1, target.data.view(-1, 1), 1)
@@ -153,21 +161,24 @@ def cifar100_lt_counts(imb_factor: float = 0.01, num_classes: int = 100,
 
 
 def make_train_step(num_experts: int = 3, batch: int = 128, num_classes: int = 100,
-                    channels_last: bool = False, seed: int = 0):
+                    channels_last: bool = False, seed: int = 0, device: str = "cpu"):
     """The official trainer's step on fixed random images: ``run(steps)`` -> images/s.
 
     Forward in train mode, RIDE loss (CIFAR-100-LT, epoch 170: margins, DRW weights,
     class temperatures, lambda -0.45), ``zero_grad``, ``backward``, SGD (lr 0.1, momentum
     0.9, nesterov, weight decay 5e-4) and ``loss.item()`` as the trainer logs it.
-    ``channels_last``: NHWC memory format (not what the official code does).
+    ``channels_last``: NHWC memory format (not what the official code does). ``device``:
+    a torch device (``"cuda"`` as the official trainer runs on a GPU); the per-step
+    ``loss.item()`` waits for the device, so the wall time is the device's.
     """
     torch.manual_seed(seed)
-    model = RIDEResNet32(num_classes, num_experts).train()
+    model = RIDEResNet32(num_classes, num_experts).train().to(device)
     criterion = RIDELoss(cifar100_lt_counts(num_classes=num_classes))
+    criterion.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4,
                                 nesterov=True)
-    images = torch.randn(batch, 3, 32, 32)
-    labels = torch.randint(0, num_classes, (batch,))
+    images = torch.randn(batch, 3, 32, 32).to(device)
+    labels = torch.randint(0, num_classes, (batch,)).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)

@@ -19,6 +19,9 @@ machine slows both alike. Per side: build and compile, one warm-up step, then
 ``--repeats`` timed runs of ``--steps`` steps. The table gives the median images/s over
 all timed runs of a side and the median of the per-round ratios.
 
+On a GPU machine both sides run on the GPU (``--torch-device auto``: CUDA when torch
+sees it; ride_jax uses JAX's default backend). Not yet run on a GPU.
+
 Torch is not a ride_jax dependency: install a CPU build of it into this environment or
 another one and point ``--torch-python`` at that interpreter.
 """
@@ -38,7 +41,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SIDES = ("ride_jax", "torch", "torch_channels_last")
 
 
-def _worker(side: str, experts: int, batch: int, steps: int, repeats: int) -> dict:
+def _torch_device(choice: str) -> str:
+    import torch
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("vs_pytorch.py: --torch-device cuda, but this torch sees no CUDA device")
+    return choice
+
+
+def _worker(side: str, experts: int, batch: int, steps: int, repeats: int,
+            torch_device: str = "auto") -> dict:
     """Runs in the side's own process: {"setup_s", "rates", "versions"}."""
     t0 = time.perf_counter()
     if side == "ride_jax":
@@ -52,19 +65,23 @@ def _worker(side: str, experts: int, batch: int, steps: int, repeats: int) -> di
         import torch
         sys.path.insert(0, HERE)
         import official_torch
+        device = _torch_device(torch_device)
         run = official_torch.make_train_step(experts, batch,
-                                             channels_last=side == "torch_channels_last")
+                                             channels_last=side == "torch_channels_last",
+                                             device=device)
         run(1)
-        versions = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+        versions = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "device": device}
     setup_s = time.perf_counter() - t0
     return {"setup_s": setup_s, "rates": [run(steps) for _ in range(repeats)],
             "versions": versions}
 
 
 def _run_side(python: str, side: str, experts: int, batch: int, steps: int, repeats: int,
-              timeout: float) -> dict:
+              timeout: float, torch_device: str = "auto") -> dict:
     cmd = [python, os.path.abspath(__file__), "--worker", side, "--experts", str(experts),
-           "--batch", str(batch), "--steps", str(steps), "--repeats", str(repeats)]
+           "--batch", str(batch), "--steps", str(steps), "--repeats", str(repeats),
+           "--torch-device", torch_device]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -76,7 +93,7 @@ def _run_side(python: str, side: str, experts: int, batch: int, steps: int, repe
 
 def compare(experts: int, *, torch_python: str, batch: int = 128, steps: int = 5,
             repeats: int = 3, rounds: int = 3, channels_last: bool = False,
-            timeout: float = 1800) -> dict:
+            timeout: float = 1800, torch_device: str = "auto") -> dict:
     """The alternated processes for one E: medians, per-round ratios, every timed run."""
     sides = SIDES if channels_last else SIDES[:2]
     pythons = {"ride_jax": sys.executable, "torch": torch_python,
@@ -85,7 +102,7 @@ def compare(experts: int, *, torch_python: str, batch: int = 128, steps: int = 5
     for _ in range(rounds):
         for side in sides:
             runs[side].append(_run_side(pythons[side], side, experts, batch, steps, repeats,
-                                        timeout))
+                                        timeout, torch_device))
     med = {s: statistics.median(r for run in runs[s] for r in run["rates"]) for s in sides}
     ratios = {s: statistics.median(statistics.median(a["rates"]) / statistics.median(b["rates"])
                                    for a, b in zip(runs["ride_jax"], runs[s]))
@@ -98,14 +115,18 @@ def compare(experts: int, *, torch_python: str, batch: int = 128, steps: int = 5
             "versions": {s: runs[s][0]["versions"] for s in sides}}
 
 
-def _torch_python(given: str | None) -> str:
+def _torch_python(given: str | None, device: str = "auto") -> str:
     python = given or sys.executable
-    probe = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True)
+    where = f"--torch-python {given}" if given else f"this Python ({sys.executable})"
+    probe = subprocess.run([python, "-c", "import torch; print(torch.cuda.is_available())"],
+                           capture_output=True, text=True)
     if probe.returncode != 0:
-        where = f"--torch-python {given}" if given else f"this Python ({sys.executable})"
         raise SystemExit(f"vs_pytorch.py: torch cannot be imported by {where}; install a CPU "
                          "build of torch there (pip install torch), or name an interpreter "
                          "that has it with --torch-python")
+    if device == "cuda" and probe.stdout.strip() != "True":
+        raise SystemExit(f"vs_pytorch.py: --torch-device cuda, but the torch of {where} sees "
+                         "no CUDA device; use --torch-device cpu or auto")
     return python
 
 
@@ -120,6 +141,9 @@ def main(argv=None):
                         help="also time PyTorch in NHWC (channels_last)")
     parser.add_argument("--torch-python", default=None,
                         help="interpreter with torch installed (default: this one)")
+    parser.add_argument("--torch-device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where PyTorch runs (auto: cuda when torch sees a GPU, as "
+                             "ride_jax then runs on it too)")
     parser.add_argument("--check", action="store_true",
                         help="only check the PyTorch reference against the official numbers")
     parser.add_argument("--json", default=None, help="also write the results to this file")
@@ -137,10 +161,10 @@ def main(argv=None):
 
     if args.worker:
         print(json.dumps(_worker(args.worker, experts[0], args.batch, args.steps,
-                                 args.repeats)))
+                                 args.repeats, args.torch_device)))
         return
 
-    python = _torch_python(args.torch_python)
+    python = _torch_python(args.torch_python, args.torch_device)
     if args.check:
         proc = subprocess.run([python, os.path.join(HERE, "official_torch.py")], text=True)
         sys.exit(proc.returncode)
@@ -154,9 +178,12 @@ def main(argv=None):
     print("|---" * (2 * len(sides)) + "|")
     results = []
     for e in experts:
-        res = compare(e, torch_python=python, batch=args.batch, steps=args.steps,
-                      repeats=args.repeats, rounds=args.rounds,
-                      channels_last=args.channels_last)
+        try:
+            res = compare(e, torch_python=python, batch=args.batch, steps=args.steps,
+                          repeats=args.repeats, rounds=args.rounds,
+                          channels_last=args.channels_last, torch_device=args.torch_device)
+        except RuntimeError as err:     # a side's process failed: its last lines say why
+            raise SystemExit(f"vs_pytorch.py: {err}") from None
         results.append(res)
         print(f"| {e} | " + " | ".join(f"{res['images_per_s'][s]:.1f}" for s in sides)
               + " | " + " | ".join(f"{res['ride_jax_over'][s]:.2f}" for s in sides[1:])

@@ -63,9 +63,23 @@ def test_tiny_side_by_side_run(tmp_path):
     expected = (sum(jax_rate) / 2) / (sum(torch_rate) / 2)   # medians of two runs
     assert res["ride_jax_over"]["torch"] == pytest.approx(expected, rel=0.02)
     assert res["versions"]["torch"]["torch"].startswith("2.")
+    assert res["versions"]["torch"]["device"] == "cpu"      # auto: no CUDA here
     assert res["versions"]["ride_jax"]["backend"] == "cpu"
     line = next(x for x in proc.stdout.splitlines() if x.startswith("| 2 |"))
     assert f"{res['images_per_s']['ride_jax']:.1f}" in line
+
+
+def test_cuda_without_a_gpu_is_a_one_line_error():
+    _needs_torch()
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                           capture_output=True, text=True)
+    if probe.stdout.strip() == "True":
+        pytest.skip("torch sees a CUDA device here: --torch-device cuda is valid")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--torch-device", "cuda"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "--torch-device cuda, but the torch of this Python" in proc.stderr, proc.stderr
+    assert "sees no CUDA device" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -73,6 +87,7 @@ def test_tiny_side_by_side_run(tmp_path):
      "torch cannot be imported by --torch-python /bin/false"),
     (["--experts", "two"], "--experts: 'two' is not a comma list of integers"),
     (["--steps", "0"], "--steps: 0 is below 1"),
+    (["--torch-device", "tpu"], "argument --torch-device: invalid choice: 'tpu'"),
 ])
 def test_bad_input_is_a_one_line_error(args, message):
     proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT,
