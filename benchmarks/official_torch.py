@@ -122,9 +122,8 @@ class RIDELoss:
             self.weights = torch.tensor(w, dtype=dtype)
             b = reweight_factor * len(counts) * counts / counts.sum() + 1 - reweight_factor
             self.temperature = torch.tensor(b / b.max(), dtype=dtype).view(1, -1)
-            self.temperature_mean = self.temperature.mean().item()
         else:
-            self.weights, self.temperature, self.temperature_mean = None, 1.0, 1.0
+            self.weights, self.temperature = None, 1.0
 
     def to(self, device):
         """Moves the class vectors to ``device`` (the official code builds them with .cuda())."""
@@ -146,10 +145,13 @@ class RIDELoss:
             ce_logits = output if self.diversity_factor == 0 else logits
             loss = loss + F.cross_entropy(self._margin(ce_logits, target), target,
                                           weight=self.weights)
+            # As the official code: a host sync per expert for the mean temperature.
+            t_mean = (self.temperature.mean().item() if torch.is_tensor(self.temperature)
+                      else self.temperature)
             output_dist = F.log_softmax(logits / self.temperature, dim=1)
             with torch.no_grad():
                 mean_output_dist = F.softmax(output / self.temperature, dim=1)
-            loss = loss + (self.diversity_factor * self.temperature_mean ** 2
+            loss = loss + (self.diversity_factor * t_mean * t_mean
                            * F.kl_div(output_dist, mean_output_dist, reduction="batchmean"))
         return loss
 
