@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+import time
 
 import numpy as np
 import torch
@@ -186,7 +187,6 @@ def make_train_step(num_experts: int = 3, batch: int = 128, num_classes: int = 1
         images = images.contiguous(memory_format=torch.channels_last)
 
     def run(steps: int) -> float:
-        import time
         t0 = time.perf_counter()
         for _ in range(steps):
             output, expert_logits = model(images)

@@ -41,31 +41,24 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SIDES = ("ride_jax", "torch", "torch_channels_last")
 
 
-def _torch_device(choice: str) -> str:
-    import torch
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("vs_pytorch.py: --torch-device cuda, but this torch sees no CUDA device")
-    return choice
-
-
 def _worker(side: str, experts: int, batch: int, steps: int, repeats: int,
             torch_device: str = "auto") -> dict:
     """Runs in the side's own process: {"setup_s", "rates", "versions"}."""
     t0 = time.perf_counter()
+    sys.path.insert(0, HERE)
     if side == "ride_jax":
         import jax
-        sys.path.insert(0, HERE)
         import train_step as ts
         model, vec = ts._ride32(experts, "loop", fusion_barriers=ts.trainer_barriers())
         _, run = ts.prepare_model(model, vec, batch, host_init=True)
         versions = {"jax": jax.__version__, "backend": jax.default_backend()}
     else:
         import torch
-        sys.path.insert(0, HERE)
         import official_torch
-        device = _torch_device(torch_device)
+        # 'cuda' without a GPU was refused by the driver (_torch_python) before any side ran.
+        device = torch_device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         run = official_torch.make_train_step(experts, batch,
                                              channels_last=side == "torch_channels_last",
                                              device=device)

@@ -17,11 +17,18 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "vs_pytorch.py"
 
 
-def _needs_torch():
-    probe = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True)
+def _needs_torch() -> bool:
+    """Skips the test where torch is missing; else whether torch sees a CUDA device.
+
+    Justified: torch is optional for users. CI installs it (.ci/run), and under CI=true
+    conftest turns any skip into a failure, so CI always runs these checks.
+    """
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                           capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip("torch is not installed (optional: only the PyTorch speed reference "
                     "needs it; CI installs a CPU build)")
+    return probe.stdout.strip() == "True"
 
 
 def test_reference_is_the_official_computation():
@@ -70,10 +77,9 @@ def test_tiny_side_by_side_run(tmp_path):
 
 
 def test_cuda_without_a_gpu_is_a_one_line_error():
-    _needs_torch()
-    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
-                           capture_output=True, text=True)
-    if probe.stdout.strip() == "True":
+    if _needs_torch():
+        # On a GPU machine the request is valid (and would start the whole benchmark);
+        # CI's CPU machine runs this check.
         pytest.skip("torch sees a CUDA device here: --torch-device cuda is valid")
     proc = subprocess.run([sys.executable, str(SCRIPT), "--torch-device", "cuda"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
