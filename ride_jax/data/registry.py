@@ -7,6 +7,9 @@ prepared cache) never import it.
 * In-memory names return an :class:`~ride_jax.data.base.ArrayDataset`.
 * Streaming names (ImageNet-LT, iNaturalist 2018, Places-LT) return a
   :class:`~ride_jax.data.streaming.StreamingDataset` (tf.data from tfds).
+
+The tfds-backed names (CIFAR-10/100-LT and the streaming ones) need the ``tf`` extra;
+without it, :func:`dataset_builder` raises a one-line ``ValueError`` naming the extra.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ _SOURCES = {
 IN_MEMORY = ("cifar10_lt", "cifar100_lt", "fashion_mnist_lt", "image_folder_lt", "synthetic_lt")
 STREAMING = ("imagenet_lt", "inat2018", "places_lt")
 DATASETS = IN_MEMORY + STREAMING
+# What the ``tf`` extra installs: a source that fails to import one of these names the extra.
+_TF_MODULES = ("tensorflow", "tensorflow_datasets")
 
 
 def dataset_builder(name: str):
@@ -36,7 +41,21 @@ def dataset_builder(name: str):
     if name not in _SOURCES:
         raise ValueError(f"unknown dataset {name!r}; valid choices are {sorted(DATASETS)}")
     module, fn = _SOURCES[name]
-    return getattr(importlib.import_module(module), fn)
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if not _is_tensorflow(e.name):
+            raise
+        raise ValueError(f"dataset {name!r} needs TensorFlow and tensorflow-datasets, which "
+                         f"the base install leaves out: pip install 'ride-jax[tf]' (or -e "
+                         f"'.[tf]' in a checkout)") from e
+    return getattr(mod, fn)
+
+
+def _is_tensorflow(module: str | None) -> bool:
+    """Whether ``module`` is TensorFlow, tensorflow-datasets or one of their submodules."""
+    return any(module == top or (module or "").startswith(top + ".")
+               for top in _TF_MODULES)
 
 
 def dataset_arguments(name: str) -> dict[str, Any]:

@@ -105,7 +105,8 @@ def _prepared_cifar(tfds_name: str, data_dir: str | None):
             f"tfds dataset {tfds_name!r} is not prepared in {_data_root(data_dir)!r} and "
             f"could not be downloaded. On a machine with internet run "
             f"`tfds build {tfds_name} --data_dir=DIR` and copy DIR/{tfds_name} to "
-            f"{_data_root(data_dir)}/{tfds_name} (or pass data_dir=DIR).", err) from None
+            f"{_data_root(data_dir)}/{tfds_name} (or set TFDS_DATA_DIR=DIR; from Python, "
+            f"{tfds_name}_lt(data_dir=DIR)).", err) from None
     return builder
 
 
@@ -291,7 +292,9 @@ def imagenet_lt(data_dir: str | None = None, color_jitter: bool = True,
         f"download-images), put both in {root}/downloads/manual/ and run `tfds build "
         f"imagenet_lt --data_dir={root} --manual_dir={root}/downloads/manual` (the build "
         f"also fetches ImageNet_LT_train.txt/ImageNet_LT_val.txt from Google Drive, so run "
-        f"it with internet, or copy a prepared {root}/imagenet_lt here).")
+        f"it with internet, or copy a prepared DIR/imagenet_lt to {root}/imagenet_lt). A "
+        f"folder other than {root!r} is the recipe argument "
+        f"--config=configs/imagenet_lt.py:data_dir=DIR.")
     builder = _builder("imagenet_lt", data_dir)
     train = TfdsSplit(builder=builder, split="train", num_examples=0)
     test = TfdsSplit(builder=builder, split="test", num_examples=0)
@@ -338,8 +341,9 @@ def inat2018(data_dir: str | None = None, train_list: str | None = None,
         f"`tfds build i_naturalist2018 --data_dir={root}` on a machine with internet: it "
         f"downloads train_val2018.tar.gz, train2018.json.tar.gz, val2018.json.tar.gz, "
         f"test2018.tar.gz and categories.json.tar.gz from https://ml-inat-competition-"
-        f"datasets.s3.amazonaws.com/2018/ (about 200 GB); then copy "
-        f"{root}/i_naturalist2018 here or pass data_dir.")
+        f"datasets.s3.amazonaws.com/2018/ (about 200 GB). Built elsewhere with "
+        f"--data_dir=DIR: copy DIR/i_naturalist2018 to {root}/i_naturalist2018, or give the "
+        f"recipe that folder: --config=configs/inat2018.py:data_dir=DIR.")
     builder = _builder("i_naturalist2018", data_dir)
     splits = []
     for split, lst in (("train", train_list), ("validation", test_list)):
@@ -425,7 +429,7 @@ def places_lt(data_dir: str | None = None, image_root: str | None = None,
                 f"must be the Places365-Standard easy-format folder (extract "
                 f"places365standard_easyformat.tar from http://data.csail.mit.edu/places/"
                 f"places365/ and pass its places365_standard/ folder, which holds train/ "
-                f"and val/).")
+                f"and val/: --config=configs/places_lt.py:image_root=DIR).")
         train_src = FileListSplit(root, tr_paths, tr_labels)
         test_src = FileListSplit(root, te_paths, te_labels)
         train_labels, test_labels = tr_labels, te_labels
@@ -439,8 +443,10 @@ def places_lt(data_dir: str | None = None, image_root: str | None = None,
             f"{droot!r}. Either run `tfds build places365_small --data_dir={droot}` with "
             f"internet (it downloads train_256_places365standard.tar, val_256.tar, "
             f"test_256.tar and filelist_places365-standard.tar from http://data.csail.mit."
-            f"edu/places/places365/), or extract places365standard_easyformat.tar from the "
-            f"same site and pass image_root=<its places365_standard folder>.")
+            f"edu/places/places365/; a tfds folder DIR elsewhere is "
+            f"--config=configs/places_lt.py:data_dir=DIR), or extract "
+            f"places365standard_easyformat.tar from the same site and pass its "
+            f"places365_standard folder: --config=configs/places_lt.py:image_root=DIR.")
         builder = _builder("places365_small", data_dir)
         train = _listed_split(builder, "train", "filename", _tf_places_train_key,
                               [places_train_key(p) for p in tr_paths], tr_labels)
