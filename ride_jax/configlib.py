@@ -79,3 +79,42 @@ def load(path: str | os.PathLike, arg: str | None = None) -> ml_collections.Conf
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
+
+
+def summary(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """The run's config on one screen (the log's start); the full one is in config.json."""
+    c, m, o, loss = config, config.model, config.optim, config.loss
+    args = ", ".join(f"{k}={v}" for k, v in dict(c.dataset.args).items())
+    data = f"cache {c.dataset.cache}" if c.dataset.cache else f"{c.dataset.name}({args})"
+    head = ("cosine" if m.use_norm else "linear") + (" ResLT" if m.head == "reslt" else "")
+    if loss.name == "ride":
+        what = f"ride (diversity {loss.diversity_factor}, DRW from epoch {loss.reweight_epoch + 1})"
+    elif loss.name == "ldam_drw":
+        what = f"ldam_drw (max margin {loss.max_margin}, DRW from epoch {loss.reweight_epoch + 1})"
+    elif loss.name == "reslt":
+        what = f"reslt (beta {loss.reslt_beta}, {loss.reslt_groups} groups)"
+    else:
+        what = loss.name
+    if o.schedule == "custom":
+        sched = f"warm-up {o.warmup_epochs}, x{o.gamma} at epochs {o.step1} and {o.step2}"
+    else:
+        sched = f"{o.schedule}, warm-up {o.warmup_epochs}"
+    stop = f", max_steps {c.max_steps}" if c.max_steps else ""
+    lines = [
+        f"run: stage {c.stage}, {c.epochs} epochs{stop}, seed {c.seed}, workdir {workdir}",
+        f"data: {data}, batch {c.data.batch_size} (eval {c.data.eval_batch_size}), "
+        f"augment {c.data.augment}, sampler {c.data.sampler}",
+        f"model: {m.arch}, {m.num_experts} expert(s){', reduced' if m.reduce_dimension else ''}"
+        f", {head} head, {m.dtype}",
+        f"loss: {what}",
+        f"optim: SGD lr {o.lr} ({sched}), momentum {o.momentum}"
+        f"{' nesterov' if o.nesterov else ''}, weight decay {o.weight_decay}",
+        f"every: eval {c.eval_every_epochs} epoch(s), checkpoint {c.checkpoint_every_epochs} "
+        f"epoch(s) (keep {c.keep_checkpoints}), log {c.log_every_steps} steps",
+    ]
+    if c.init_from:
+        lines.append(f"init_from: {c.init_from}")
+    if c.distill.teacher:
+        lines.append(f"teacher: {c.distill.teacher}")
+    lines.append(f"full config: {workdir}/config.json")
+    return "config:\n  " + "\n  ".join(lines)

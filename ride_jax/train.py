@@ -24,10 +24,10 @@ and ``results.json`` (best and last evaluation).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-import signal
 import sys
 import time
 from typing import Any, Callable
@@ -40,13 +40,16 @@ import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ride_jax import compiler, flops, losses, metrics, optim
-from ride_jax.checkpointing import Checkpointer, abstract_like
+from ride_jax import compiler, config_checks, flops, losses, metrics, optim
+from ride_jax.checkpointing import Checkpointer, NonFiniteState, abstract_like
 from ride_jax.configlib import LOSSES, SCHEDULES, STAGES
 from ride_jax.data import load_cache, load_dataset, make_loader
 from ride_jax.data.base import ArrayDataset
 from ride_jax.data.loader import DATA_AXIS, DeviceLoader, check_steps_per_call, data_mesh
+from ride_jax.interrupt import GracefulStop
+from ride_jax.metric_writer import MetricWriter
 from ride_jax.models import create_model, make_router, routed_apply, tau_normalize
+from ride_jax.workdir import WorkdirLock, check_workdir
 
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 # Keys that do not change the trajectory of a run: a resumed run may change them.
@@ -424,11 +427,14 @@ def load_run(workdir: str) -> tuple[dict, dict, dict | None]:
         raise FileNotFoundError(f"{workdir!r} holds no checkpoint: give the workdir of a "
                                 "finished run (its checkpoints/ folder is read)")
     ckpt = Checkpointer(workdir, asynchronous=False)
-    try:
-        state, cfg = ckpt.read()
-        step = ckpt.latest_step()
+    try:     # another run's folder: a damaged newest checkpoint is skipped, not moved
+        found = ckpt.restore_intact(quarantine=False)
     finally:
         ckpt.close()
+    if found is None:
+        raise FileNotFoundError(f"{workdir!r} holds no checkpoint: give the workdir of a "
+                                "finished run (its checkpoints/ folder is read)")
+    state, cfg, step = found
     info = None
     if os.path.exists(os.path.join(workdir, "dataset.json")):
         with open(os.path.join(workdir, "dataset.json")) as f:
@@ -478,74 +484,6 @@ def _check_same_data(mine: dict, info: dict | None, what: str) -> None:
                         "%s)", what, info["fingerprint"][:16], mine[:16])
 
 
-class _Writer:
-    """clu metric writer (stdout + TensorBoard) and an append-only ``metrics.jsonl``."""
-
-    def __init__(self, workdir: str, enabled: bool):
-        self.enabled = enabled
-        self.clu = None
-        if not enabled:
-            return
-        try:
-            from clu import metric_writers
-            self.clu = metric_writers.create_default_writer(workdir, asynchronous=True)
-        except Exception as e:  # no TensorFlow/tensorboard: JSONL and logging only
-            logging.warning("clu metric writer unavailable (%s): writing metrics.jsonl only", e)
-        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-
-    def scalars(self, step: int, values: dict[str, Any], kind: str) -> None:
-        if not self.enabled:
-            return
-        flat = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
-        self.jsonl.write(json.dumps({"step": step, "kind": kind, **flat}) + "\n")
-        self.jsonl.flush()
-        if self.clu is not None:
-            self.clu.write_scalars(step, {f"{kind}/{k}": v for k, v in flat.items()})
-
-    def hparams(self, config: dict) -> None:
-        if self.enabled and self.clu is not None:
-            flat = {}
-
-            def walk(prefix, d):
-                for k, v in d.items():
-                    if isinstance(v, dict):
-                        walk(f"{prefix}{k}.", v)
-                    elif isinstance(v, (int, float, str, bool)):
-                        flat[prefix + k] = v
-            walk("", config)
-            self.clu.write_hparams(flat)
-
-    def close(self) -> None:
-        if self.enabled:
-            if self.clu is not None:
-                self.clu.flush()
-                self.clu.close()
-            self.jsonl.close()
-
-
-class _Stop:
-    """SIGTERM / SIGINT: finish the current step, save, exit cleanly."""
-
-    def __init__(self):
-        self.signum = None
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: no handler
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 def _write_json(path: str, obj: Any) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -559,6 +497,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices: Any = None, dataset: Any = None) -> dict[str, Any]:
     """Train and evaluate as ``config`` says, in ``workdir`` (resuming what is there).
 
+    Every config value, the workdir and everything the run is built from (dataset,
+    network, ``init_from``, teacher) is checked before anything is written: a mistake is
+    a ``ValueError`` naming it, and leaves no file behind. The workdir is then locked
+    (:class:`~ride_jax.workdir.WorkdirLock`) for the whole run.
+
     Args:
       config: a recipe (``configs/*.py``).
       workdir: output folder.
@@ -569,25 +512,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     Returns:
       ``{'status': 'finished' | 'interrupted' | 'stopped_at_max_steps', 'step': int,
       'last': eval summary or None, 'best': eval summary or None}``.
-    """
-    workdir = os.path.abspath(workdir)
-    is_main = jax.process_index() == 0
-    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-    cfg = json.loads(config.to_json())      # JSON-able: written, saved, compared
 
-    # A workdir holding another config refuses to resume unless told to.
-    cfg_path = os.path.join(workdir, "config.json")
-    if os.path.exists(cfg_path):
-        with open(cfg_path) as f:
-            old = json.load(f)
-        diff = sorted(k for k in set(old) | set(cfg)
-                      if k not in RUNTIME_KEYS and old.get(k) != cfg.get(k))
-        if diff and not config.resume_with_different_config:
-            raise ValueError(
-                f"{workdir!r} holds a run with a different config (differs in {diff}); use "
-                "another --workdir, or --config.resume_with_different_config=True")
-    if is_main:
-        _write_json(cfg_path, cfg)
+    Raises:
+      ValueError: a bad config value or workdir, a busy workdir, a workdir holding
+        another config, or only damaged checkpoints.
+      FloatingPointError: a non-finite loss or state (nothing non-finite is saved).
+    """
+    config_checks.check_config(config)
+    workdir = check_workdir(workdir)
+    is_main = jax.process_index() == 0
+    cfg = json.loads(config.to_json())      # JSON-able: written, saved, compared
+    _check_resumable(workdir, cfg, config.resume_with_different_config)
 
     mesh = data_mesh(devices)
     repl = NamedSharding(mesh, P())
@@ -603,10 +538,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     dataset = build_dataset(config) if dataset is None else dataset
     train_counts = dataset.train_counts
     described = dataset.describe()        # hashes the subset: once
-    if is_main:
-        _write_json(os.path.join(workdir, "dataset.json"), described)
-        if getattr(dataset, "selected", None) is not None:
-            np.save(os.path.join(workdir, "selected_indices.npy"), dataset.selected)
     if isinstance(dataset, ArrayDataset):
         loader = make_loader(dataset, config.data.batch_size,
                              eval_batch_size=config.data.eval_batch_size, mesh=mesh,
@@ -699,22 +630,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     init = jax.jit(init_fn, out_shardings=repl)
     rng = jax.random.key(config.seed)
-    ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
-    if ckpt.latest_step() is not None:
-        abstract = abstract_like(jax.eval_shape(init, rng, loaded), repl)
-        state, _ = ckpt.restore(abstract)
-        logging.info("resumed from step %d in %s", int(state["step"]), ckpt.directory)
-    else:
-        state = init(rng, loaded)
-        if is_main:
-            try:
-                from clu import parameter_overview
-                parameter_overview.log_parameter_overview(
-                    take_params(state["params"], trainable))
-            except Exception:  # pragma: no cover - logging only
-                pass
-    step = int(jax.device_get(state["step"]))
-
     step_fn = make_train_step(model, tx, loss_fn, schedule, spe, forward=forward,
                               trainable=trainable)
     train_step = jax.jit(step_fn, in_shardings=(repl, batch_sh, repl),
@@ -735,19 +650,109 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if router is not None:
         macs = (flops.model_macs(model, image_shape=dataset.image_shape), router.macs)
 
-    writer = _Writer(workdir, is_main)
-    if step == 0:
-        writer.hparams(cfg)
+    # Everything is checked: from here on the run writes to its workdir.
+    lock = WorkdirLock(workdir) if is_main else None
+    stop = GracefulStop()      # SIGTERM / Ctrl-C from here on: see ride_jax.interrupt
+    with (lock or contextlib.nullcontext()), stop:
+        if lock is not None:
+            stop.at_forced_exit(lock.release)
+        _check_resumable(workdir, cfg, config.resume_with_different_config)  # locked now
+        if is_main:
+            os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+            _write_json(os.path.join(workdir, "config.json"), cfg)
+            _write_json(os.path.join(workdir, "dataset.json"), described)
+            if getattr(dataset, "selected", None) is not None:
+                np.save(os.path.join(workdir, "selected_indices.npy"), dataset.selected)
+        ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+        writer = None
+        try:
+            found = ckpt.restore_intact(abstract_like(jax.eval_shape(init, rng, loaded), repl))
+            if found is not None:
+                state = found[0]
+                stop.last_saved = found[2]
+                logging.info("resumed from step %d in %s", found[2], ckpt.directory)
+            else:
+                state = init(rng, loaded)
+                n = sum(x.size for x in jax.tree.leaves(take_params(state["params"],
+                                                                    trainable)))
+                logging.info("%s trainable parameters", f"{n:,}")
+            step = int(jax.device_get(state["step"]))
+            # Rows after the checkpoint (written before a kill) are redone: drop them.
+            writer = MetricWriter(workdir, is_main, resume_step=step if found else -1)
+            stop.at_forced_exit(writer.close)
+            if step == 0:
+                writer.hparams(cfg)
+            return _train_loop(
+                config, workdir, is_main, state, step, loader, train_step, multi_step,
+                eval_step, consts, ckpt, writer, cfg, train_counts, macs, steps_per_call,
+                stop)
+        finally:
+            ckpt.wait()
+            ckpt.close()
+            if writer is not None:
+                writer.close()
+
+
+def _eval_due(config, epoch: int) -> bool:
+    return epoch == config.epochs or (epoch > 0 and epoch % config.eval_every_epochs == 0)
+
+
+def _check_resumable(workdir: str, cfg: dict, allow: bool) -> None:
+    """Refuse a workdir whose ``config.json`` differs from ``cfg`` in a trajectory key;
+    the message names each differing key with both values."""
+    path = os.path.join(workdir, "config.json")
+    if allow or not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and not (prefix + k).startswith("dataset.args"):
+                out.update(flat(v, prefix + k + "."))
+            else:
+                out[prefix + k] = v
+        return out
+    mine, theirs = flat(cfg), flat(old)
+    diff = [k for k in sorted(set(mine) | set(theirs))
+            if k.split(".")[0] not in RUNTIME_KEYS and mine.get(k) != theirs.get(k)]
+    if diff:
+        detail = ", ".join(f"{k}={theirs.get(k)!r} there but {mine.get(k)!r} here"
+                           for k in diff[:4]) + (", ..." if len(diff) > 4 else "")
+        raise ValueError(f"{workdir!r} holds a run with a different config ({detail}); use "
+                         "another --workdir, or --config.resume_with_different_config=True")
+
+
+def _train_loop(config, workdir, is_main, state, step, loader, train_step, multi_step,
+                eval_step, consts, ckpt, writer, cfg, train_counts, macs, steps_per_call,
+                stop: GracefulStop):
+    """The epochs of a run from ``step`` on: train, log, evaluate, checkpoint, stop."""
+    spe = loader.steps_per_epoch
+    total_steps = config.epochs * spe
     results_path = os.path.join(workdir, "results.json")
     results = {"best": None, "last": None}
     if os.path.exists(results_path):
         with open(results_path) as f:
             results = json.load(f)
+    timing = {"eval_s": [], "excluded": 0.0}
 
-    def run_eval(epoch: int) -> dict[str, Any]:
+    def last_good() -> str:
+        ckpt.wait()
+        latest = ckpt.latest_step()
+        return ("there is no checkpoint yet" if latest is None else
+                f"the last good checkpoint is step {latest} in {ckpt.directory}")
+
+    def run_eval(epoch: int) -> dict[str, Any] | None:
+        """The evaluation of ``epoch``; None if a stop was requested during it."""
+        t0 = time.perf_counter()
         counts = None
         for batch in loader.eval_batches():
             counts = metrics.add_counts(counts, eval_step(state, batch))
+            if stop.requested:
+                logging.info("stop requested: evaluation of epoch %d abandoned (it runs "
+                             "again on resume)", epoch)
+                return None
         all_experts = counts.pop("all_experts", None)
         summary = metrics.summarize(counts, train_counts)
         summary.update(epoch=epoch, step=step)
@@ -773,17 +778,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             if results["best"] is None or summary["accuracy"] > results["best"]["accuracy"]:
                 results["best"] = summary
             _write_json(results_path, results)
-        logging.info("eval epoch %d: accuracy %.4f  many %s  medium %s  few %s", epoch,
-                     summary["accuracy"], summary["many"], summary["medium"], summary["few"])
+        groups = "  ".join(f"{g} {summary[g]:.4f}" for g in ("many", "medium", "few")
+                           if summary.get(g) is not None)
+        absent = [g for g in ("many", "medium", "few") if summary.get(g) is None]
+        logging.info("eval epoch %d: accuracy %.4f  %s%s", epoch, summary["accuracy"], groups,
+                     f"  (no {'/'.join(absent)}-shot classes)" if absent else "")
+        dt = time.perf_counter() - t0
+        timing["eval_s"].append(dt)
+        timing["excluded"] += dt
         return summary
 
-    def save(force: bool = False):
-        ckpt.save(step, state, cfg, force=force)
+    def save(force: bool = False) -> None:
+        t0 = time.perf_counter()
+        try:
+            ckpt.save(step, state, cfg, force=force)
+        except NonFiniteState as e:
+            raise NonFiniteState(f"{e}; {last_good()}") from None
+        stop.last_saved = step
+        timing["excluded"] += time.perf_counter() - t0
 
     status = "finished"
     pending: list[tuple[int, dict, int]] = []     # (first step, metrics, steps)
     t_last, step_last = time.perf_counter(), step
     show_bar = is_main and sys.stderr.isatty()
+
+    def remaining_evals() -> int:
+        first = max(1, -(-step // spe))
+        return sum(1 for e in range(first, config.epochs + 1) if _eval_due(config, e))
 
     def flush_metrics():
         nonlocal t_last, step_last
@@ -794,15 +815,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         for (s, _, k), v in zip(pending, got):
             values += ([(s, v)] if k == 1 else
                        [(s + i, {name: x[i] for name, x in v.items()}) for i in range(k)])
-        for s, v in values:
+        for s, v in values:      # step s + 1 is the log's numbering (steps done)
             if not math.isfinite(float(v["loss"])):
                 raise FloatingPointError(
-                    f"non-finite loss {float(v['loss'])} at step {s} (epoch {s // spe + 1}); "
-                    f"the last good checkpoint in {ckpt.directory} is step "
-                    f"{ckpt.latest_step()}")
+                    f"non-finite loss {float(v['loss'])} at step {s + 1}/{total_steps} "
+                    f"(epoch {s // spe + 1}); {last_good()}")
         now = time.perf_counter()
-        rate = (step - step_last) / max(now - t_last, 1e-9)
+        train_s = max(now - t_last - timing["excluded"], 1e-9)
+        rate = (step - step_last) / train_s
         eta = (total_steps - step) / rate if rate > 0 else float("nan")
+        evals = remaining_evals()
+        if timing["eval_s"]:
+            eta += evals * float(np.mean(timing["eval_s"]))
         # One row per log interval (a scanned call may hold several), and the rest.
         every = config.log_every_steps
         groups = [[]]
@@ -817,25 +841,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             mean.update(steps_per_s=rate, images_per_s=rate * config.data.batch_size,
                         epoch=end / spe)
             writer.scalars(end, mean, "train")
+        eta_note = ("" if timing["eval_s"] or not evals else " + evaluations")
         msg = (f"step {step}/{total_steps} epoch {step / spe:.2f} loss {mean['loss']:.4f} "
                f"acc {mean['accuracy']:.3f} lr {mean['lr']:.4g} {rate:.2f} steps/s "
-               f"ETA {eta / 60:.1f} min")
+               f"ETA {eta / 60:.1f} min{eta_note}")
         if show_bar:
             sys.stderr.write("\r" + msg[:150].ljust(150))
             sys.stderr.flush()
         logging.info(msg)
         pending.clear()
         t_last, step_last = now, step
+        timing["excluded"] = 0.0
 
     def should_stop() -> bool:
-        return stop.signum is not None or bool(config.max_steps and step >= config.max_steps)
+        return stop.requested or bool(config.max_steps and step >= config.max_steps)
 
-    with _Stop() as stop, jax.set_mesh(mesh):
+    with jax.set_mesh(loader.mesh):
         try:
             start_epoch, offset = divmod(step, spe)
+            if isinstance(loader, DeviceLoader):
+                t0 = time.perf_counter()
+                _precompile(config, loader, step, state, consts, train_step, multi_step,
+                            eval_step, steps_per_call)
+                logging.info("compiled in %.1f s", time.perf_counter() - t0)
+            t_last = time.perf_counter()        # the first rate counts steps, not compiling
+            interrupted_eval = False
             if config.epochs == 0:      # stage 'eval': evaluate init_from as it is
-                run_eval(0)
+                interrupted_eval = run_eval(0) is None
+            elif (offset == 0 and 0 < start_epoch and _eval_due(config, start_epoch)
+                  and not os.path.exists(os.path.join(
+                      workdir, "eval", f"epoch_{start_epoch:04d}.json"))):
+                # The run was stopped during this evaluation: it runs first.
+                interrupted_eval = run_eval(start_epoch) is None
+            if interrupted_eval:
+                stop.acknowledge()
+                status = "interrupted"
             for epoch0 in range(start_epoch, config.epochs):
+                if interrupted_eval:
+                    break
                 first = offset if epoch0 == start_epoch else 0
                 if multi_step is None:
                     calls = ((1, batch) for batch in loader.epoch(epoch0, start=first))
@@ -845,30 +888,76 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         stop=config.max_steps - epoch0 * spe if config.max_steps else None)
                 for k, batch in calls:
                     state, m = (multi_step if k > 1 else train_step)(state, batch, consts)
+                    stop.clean = False
                     pending.append((step, m, k))
                     step += k
                     if step // config.log_every_steps > (step - k) // config.log_every_steps:
                         flush_metrics()
                     if should_stop():
                         break
+                epoch = epoch0 + 1
                 if should_stop():
+                    stop.acknowledge()
                     flush_metrics()
                     save(force=True)
-                    status = ("interrupted" if stop.signum is not None
-                              else "stopped_at_max_steps")
+                    status = "interrupted" if stop.requested else "stopped_at_max_steps"
                     logging.info("%s at step %d: checkpoint saved", status, step)
                     break
                 flush_metrics()
-                epoch = epoch0 + 1
                 last = epoch == config.epochs
-                if last or epoch % config.eval_every_epochs == 0:
-                    run_eval(epoch)
+                if _eval_due(config, epoch) and run_eval(epoch) is None:
+                    stop.acknowledge()
+                    save(force=True)
+                    status = "interrupted"
+                    logging.info("interrupted at step %d (during the evaluation of epoch "
+                                 "%d): checkpoint saved", step, epoch)
+                    break
                 if last or epoch % config.checkpoint_every_epochs == 0:
                     save(force=last)
         finally:
             if show_bar:
                 sys.stderr.write("\n")
-            ckpt.wait()
-            ckpt.close()
-            writer.close()
     return {"status": status, "step": step, "last": results["last"], "best": results["best"]}
+
+
+def _precompile(config, loader: DeviceLoader, step: int, state, consts, train_step,
+                multi_step, eval_step, steps_per_call: int) -> None:
+    """Compile the programs the loop will run, now, while nothing is unsaved.
+
+    ``jit(f).lower(...).compile()`` fills the cache the later calls use, so a stop
+    request during the run waits at most one step or one evaluation batch, never a
+    compilation (:mod:`ride_jax.interrupt`). Only the programs this run reaches: the
+    full-batch step (unless every full batch is scanned), the smaller last batch of an
+    epoch, a scanned chunk, the evaluation batch. A mid-epoch resume with scanned steps
+    may still compile its leftover single steps when it reaches them.
+    """
+    spe = loader.steps_per_epoch
+    end = config.epochs * spe
+    if config.max_steps:
+        end = min(end, config.max_steps)
+    sizes = loader.train_batch_sizes()
+    if step < end and sizes:
+        def like(x, size):
+            return jax.ShapeDtypeStruct((size,) + x.shape[1:], x.dtype, sharding=x.sharding)
+
+        full = sum(1 for size in sizes if size == loader.batch_size)
+        k = steps_per_call or max(full, 1)
+        calls = loader.epoch_calls(0, steps_per_call=steps_per_call)
+        kind, first = next(calls)
+        if kind > 1:
+            multi_step.lower(state, first, consts).compile()
+        if kind == 1 or full % k:
+            one = next(iter(loader.epoch(0))) if kind > 1 else first
+            train_step.lower(state, one, consts).compile()
+        else:
+            one = next(iter(loader.epoch(0)))
+        if sizes[-1] != loader.batch_size and (step // spe + 1) * spe <= end:
+            train_step.lower(state, jax.tree.map(lambda x: like(x, sizes[-1]), one),
+                             consts).compile()
+    evals = [e for e in range(step // spe, config.epochs + 1)
+             if (e == 0 and config.epochs == 0) or (_eval_due(config, e) and e * spe <= end
+                                                    and e * spe >= step)]
+    if evals:
+        batch = next(iter(loader.eval_batches()), None)
+        if batch is not None:
+            eval_step.lower(state, batch).compile()

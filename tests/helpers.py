@@ -29,8 +29,9 @@ def synthetic_config(arg: str = "experts=2", **over):
 def run_main(workdir, config, extra=(), **kw):
     """``python -m ride_jax.main --config=config --workdir=workdir *extra`` on the CPU."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    kw.setdefault("cwd", ROOT)
     return subprocess.run([sys.executable, "-m", "ride_jax.main", f"--config={config}",
-                           f"--workdir={workdir}", *extra], env=env, cwd=ROOT,
+                           f"--workdir={workdir}", *extra], env=env,
                           capture_output=True, text=True, timeout=900, **kw)
 
 

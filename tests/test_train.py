@@ -114,23 +114,14 @@ def test_resume_after_interruption_is_bitwise_identical(tmp_path):
 
 def test_refuses_a_workdir_of_another_config(tmp_path):
     train_and_evaluate(_tiny_config(max_steps=2), str(tmp_path))
-    with pytest.raises(ValueError, match=r"different config \(differs in \['optim'\]\)"):
+    with pytest.raises(ValueError, match=r"different config \(optim\.lr=0\.1 there but "
+                                         r"0\.05 here\)"):
         train_and_evaluate(_tiny_config(**{"optim.lr": 0.05}), str(tmp_path))
     # Told to, it resumes.
     out = train_and_evaluate(_tiny_config(**{"optim.lr": 0.05, "max_steps": 3,
                                              "resume_with_different_config": True}),
                              str(tmp_path))
     assert out["step"] == 3
-
-
-def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    c = _tiny_config(**{"optim.lr": 1e30, "log_every_steps": 1})
-    with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step \d+") as e:
-        train_and_evaluate(c, str(tmp_path))
-    assert "last good checkpoint" in str(e.value)
-    ck = Checkpointer(str(tmp_path), asynchronous=False)
-    assert ck.latest_step() is None        # nothing non-finite was saved
-    ck.close()
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):

@@ -14,6 +14,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BLOCKER = """\
 import sys
@@ -54,6 +56,15 @@ def test_cache_train_and_suite_without_tensorflow(tmp_path):
     assert [r["step"] for r in train][-1] == 6
     dataset = json.loads((workdir / "dataset.json").read_text())
     assert dataset["train_counts"][0] == 40 and len(dataset["train_counts"]) == 10
+    # TensorBoard events without TensorFlow (tensorboardX): the train rows, read back.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = sorted(workdir.glob("events.out.tfevents*"))
+    assert events, sorted(p.name for p in workdir.iterdir())
+    acc = EventAccumulator(str(events[-1]))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == [r["step"] for r in train]
+    assert [e.value for e in acc.Scalars("train/loss")] == pytest.approx(
+        [r["loss"] for r in train], rel=1e-6)
 
     out = tmp_path / "suite.json"
     proc = _run(tmp_path, "benchmarks/suite.py", "--tiny", "--only", "full_run", "--full-run",

@@ -221,6 +221,10 @@ class DeviceLoader:
     def steps_per_epoch(self) -> int:
         return len(self._batch_sizes())
 
+    def train_batch_sizes(self) -> list[int]:
+        """The global batch size of every train step of an epoch (the last may be smaller)."""
+        return self._batch_sizes()
+
     def _order(self, epoch: int) -> np.ndarray:
         if self.sampler == "balanced":
             return balanced_indices(self.dataset.train.labels, self.dataset.num_classes,
