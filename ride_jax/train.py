@@ -552,7 +552,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                          "per call needs an in-memory dataset; streamed datasets "
                          f"({config.dataset.name!r}) take steps_per_call=1")
     spe = loader.steps_per_epoch
-    total_steps = config.epochs * spe
 
     stage = losses.check_choice("stage", config.stage, STAGES)
     _check_reslt(config)

@@ -51,3 +51,43 @@ def ride_train_grad(model, vec, diversity_factor=-0.45):
                                    diversity_factor=diversity_factor)
         return loss, (out["expert_logits"], state["batch_stats"])
     return jax.value_and_grad(loss_fn, has_aux=True)
+
+
+# A sitecustomize that makes tensorflow and tensorflow_datasets unimportable in a
+# subprocess (and in any process it re-executes), as on the base install or the TF-less
+# GPU image, whatever this environment has installed. ``sys.modules[name] = None`` makes
+# ``import`` fail ("import of tensorflow halted") and ``importlib.util.find_spec`` return
+# None, as for a module that is not installed (etils asks that to decide whether TF is
+# there); each ``import`` statement naming them is listed in ``sys.ride_jax_tf_tried``.
+NO_TF_SITECUSTOMIZE = """\
+import builtins, sys
+
+sys.ride_jax_tf_tried = []
+for _name in ("tensorflow", "tensorflow_datasets"):
+    sys.modules[_name] = None
+_import = builtins.__import__
+
+
+def _recording_import(name, *args, **kwargs):
+    if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
+        sys.ride_jax_tf_tried.append(name)
+    return _import(name, *args, **kwargs)
+
+
+builtins.__import__ = _recording_import
+"""
+
+
+def no_tf_env(tmp_path, **extra):
+    """``os.environ`` on the CPU with TensorFlow blocked (:data:`NO_TF_SITECUSTOMIZE`)."""
+    site = pathlib.Path(tmp_path) / "no_tf"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(NO_TF_SITECUSTOMIZE)
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=f"{site}{os.pathsep}{ROOT}",
+                **extra)
+
+
+def run_without_tf(tmp_path, *args, timeout=300):
+    """``python *args`` from the repository root with TensorFlow unimportable."""
+    return subprocess.run([sys.executable, *args], env=no_tf_env(tmp_path), cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)

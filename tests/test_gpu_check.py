@@ -16,24 +16,17 @@ import zipfile
 import numpy as np
 import pytest
 
+from helpers import no_tf_env
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SECTIONS = ("env", "tests", "prepare", "routed_eval", "vs_pytorch", "resnet50", "eval",
             "train_step", "input", "full_run_f32", "full_run_bf16")
 GPU_ONLY = ("tests", "vs_pytorch", "resnet50")
 NO_GPU = "skipped: no GPU (jax backend 'cpu')"
-BLOCKER = """\
-import sys
-for _name in ("tensorflow", "tensorflow_datasets"):
-    sys.modules[_name] = None
-"""
 
 
 def _env(tmp_path):
-    site = tmp_path / "no_tf"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(BLOCKER)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHON=sys.executable,
-               PYTHONPATH=f"{site}{os.pathsep}{ROOT}")
+    env = no_tf_env(tmp_path, PYTHON=sys.executable)
     env.pop("OUT", None)            # the device tool's variable: --out is given
     return env
 

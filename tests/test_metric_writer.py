@@ -7,35 +7,19 @@ read back here with TensorBoard's own reader.
 """
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from ride_jax.metric_writer import MetricWriter, truncate_metrics
 
+from helpers import run_without_tf
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# A meta-path finder rather than ``sys.modules[name] = None``, so that "tensorflow" is
-# absent from sys.modules unless something really imported it, and every try is listed.
-BLOCKER = """\
-import sys
-
-class _BlockTensorFlow:
-    tried = []
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
-            self.tried.append(name)
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)",
-                                      name=name)
-        return None
-
-sys.meta_path.insert(0, _BlockTensorFlow())
-"""
+# helpers.NO_TF_SITECUSTOMIZE lists every ``import tensorflow...`` statement tried in
+# ``sys.ride_jax_tf_tried``.
 
 WRITE = """\
 import json, sys
@@ -50,20 +34,10 @@ w.scalars(2, {"loss": 1.5, "accuracy": 0.5}, "train")
 w.scalars(2, {"accuracy": 0.75, "few": 0.125}, "eval")
 w.scalars(3, {"loss": 0.75, "accuracy": 0.875}, "train")
 w.close()
-assert "tensorflow" not in sys.modules, "writing metrics imported tensorflow"
-assert "tensorflow_datasets" not in sys.modules
-blocker = next(f for f in sys.meta_path if type(f).__name__ == "_BlockTensorFlow")
-print(json.dumps({"tried": blocker.tried}))
+assert sys.modules["tensorflow"] is None, "writing metrics imported tensorflow"
+assert sys.modules["tensorflow_datasets"] is None
+print(json.dumps({"tried": sys.ride_jax_tf_tried}))
 """
-
-
-def _run_without_tf(tmp_path, *args):
-    site = tmp_path / "no_tf"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(BLOCKER)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=f"{site}{os.pathsep}{ROOT}")
-    return subprocess.run([sys.executable, *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
 
 
 def _events(workdir):
@@ -81,12 +55,12 @@ def _rows(workdir):
 
 
 def test_events_without_tensorflow(tmp_path):
-    probe = _run_without_tf(tmp_path, "-c", "import tensorflow")
-    assert probe.returncode != 0 and "blocked by the test" in probe.stderr
+    probe = run_without_tf(tmp_path, "-c", "import tensorflow")
+    assert probe.returncode != 0 and "import of tensorflow halted" in probe.stderr
 
     workdir = tmp_path / "run"
     workdir.mkdir()
-    proc = _run_without_tf(tmp_path, "-c", WRITE, str(workdir))
+    proc = run_without_tf(tmp_path, "-c", WRITE, str(workdir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     # nothing even tried to import TensorFlow
     assert json.loads(proc.stdout.splitlines()[-1]) == {"tried": []}

@@ -7,21 +7,16 @@ in the test process (monkeypatched, so restored after) and, for the command line
 a ``sitecustomize`` on ``PYTHONPATH`` of the subprocess.
 """
 
-import os
 import pathlib
-import subprocess
 import sys
 
 import pytest
 
 from ride_jax.data import registry
 
+from helpers import run_without_tf
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-BLOCKER = """\
-import sys
-for _name in ("tensorflow", "tensorflow_datasets"):
-    sys.modules[_name] = None
-"""
 TFDS_NAMES = ("cifar10_lt", "cifar100_lt", "imagenet_lt", "inat2018", "places_lt")
 
 
@@ -74,20 +69,11 @@ def test_other_missing_modules_are_not_renamed(monkeypatch):
     assert not registry._is_tensorflow(None)
 
 
-def _run_without_tf(tmp_path, *args):
-    site = tmp_path / "no_tf"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(BLOCKER)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=f"{site}{os.pathsep}{ROOT}")
-    return subprocess.run([sys.executable, *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-
-
 @pytest.mark.parametrize("recipe,name", [("configs/inat2018.py", "inat2018"),
                                          ("configs/cifar100_lt.py:smoke", "cifar100_lt")])
 def test_main_without_tf_extra(tmp_path, recipe, name):
     workdir = tmp_path / "w"
-    proc = _run_without_tf(tmp_path, "-m", "ride_jax.main", f"--config={recipe}",
+    proc = run_without_tf(tmp_path, "-m", "ride_jax.main", f"--config={recipe}",
                            f"--workdir={workdir}")
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]

@@ -9,28 +9,17 @@ whatever this environment has installed.
 """
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
+from helpers import run_without_tf
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-BLOCKER = """\
-import sys
-for _name in ("tensorflow", "tensorflow_datasets"):
-    sys.modules[_name] = None
-"""
 
 
 def _run(tmp_path, *args, timeout=900):
-    site = tmp_path / "no_tf"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(BLOCKER)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=f"{site}{os.pathsep}{ROOT}")
-    return subprocess.run([sys.executable, *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return run_without_tf(tmp_path, *args, timeout=timeout)
 
 
 def test_cache_train_and_suite_without_tensorflow(tmp_path):
