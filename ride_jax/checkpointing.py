@@ -26,6 +26,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from ride_jax.config_checks import check_value
+
 ITEMS = ("state", "config", "integrity")
 DAMAGED_DIR = "damaged_checkpoints"
 
@@ -83,9 +85,7 @@ class Checkpointer:
     """``workdir/checkpoints``: periodic saves, keep the last ``keep``, resume the latest."""
 
     def __init__(self, workdir: str, keep: int = 3, asynchronous: bool = True):
-        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
-            raise ValueError(f"keep_checkpoints={keep!r} is invalid: expected an integer "
-                             ">= 1 (0 would delete every checkpoint)")
+        check_value("keep_checkpoints", keep)      # 0 would delete every checkpoint
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
         self._keep, self._async = keep, asynchronous

@@ -151,7 +151,9 @@ def unknown_key(key: str) -> str:
     return f"unknown config key {key!r}; valid keys {where}are {valid}"
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{'optim.lr': 0.1, ..., 'dataset.args': {...}}`` of a config (ConfigDict or its
+    JSON dict): one entry per key of :data:`RULES`, ``dataset.args`` kept whole."""
     out = {}
     for k, v in node.items():
         key = prefix + str(k)
@@ -159,7 +161,7 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
             if key in RULES:            # a free-form dict value (dataset.args)
                 out[key] = v
             else:
-                out.update(_flatten(v, key + "."))
+                out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out
@@ -218,7 +220,7 @@ def check_config(config: Any) -> None:
       ValueError: the first bad value (key, value, what is valid), an unknown key (the
         valid keys of its section) or a missing one.
     """
-    flat = _flatten(config)
+    flat = flatten(config)
     for key in flat:
         if key not in RULES:
             raise ValueError(unknown_key(key))

@@ -423,14 +423,13 @@ def load_run(workdir: str) -> tuple[dict, dict, dict | None]:
     if os.path.basename(workdir) == "checkpoints":
         workdir = os.path.dirname(workdir)
     ckdir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckdir) or not os.listdir(ckdir):
-        raise FileNotFoundError(f"{workdir!r} holds no checkpoint: give the workdir of a "
-                                "finished run (its checkpoints/ folder is read)")
-    ckpt = Checkpointer(workdir, asynchronous=False)
-    try:     # another run's folder: a damaged newest checkpoint is skipped, not moved
-        found = ckpt.restore_intact(quarantine=False)
-    finally:
-        ckpt.close()
+    found = None
+    if os.path.isdir(ckdir) and os.listdir(ckdir):   # (Checkpointer would create ckdir)
+        ckpt = Checkpointer(workdir, asynchronous=False)
+        try:     # another run's folder: a damaged newest checkpoint is skipped, not moved
+            found = ckpt.restore_intact(quarantine=False)
+        finally:
+            ckpt.close()
     if found is None:
         raise FileNotFoundError(f"{workdir!r} holds no checkpoint: give the workdir of a "
                                 "finished run (its checkpoints/ folder is read)")
@@ -696,6 +695,13 @@ def _eval_due(config, epoch: int) -> bool:
     return epoch == config.epochs or (epoch > 0 and epoch % config.eval_every_epochs == 0)
 
 
+def _evals_between(config, step: int, end: int, spe: int) -> list[int]:
+    """The epochs whose evaluation is still to run from ``step`` (an evaluation at
+    ``step`` itself included: it comes after the step) up to step ``end``."""
+    return [e for e in range(max(1, -(-step // spe)), config.epochs + 1)
+            if _eval_due(config, e) and e * spe <= end]
+
+
 def _check_resumable(workdir: str, cfg: dict, allow: bool) -> None:
     """Refuse a workdir whose ``config.json`` differs from ``cfg`` in a trajectory key;
     the message names each differing key with both values."""
@@ -705,15 +711,7 @@ def _check_resumable(workdir: str, cfg: dict, allow: bool) -> None:
     with open(path) as f:
         old = json.load(f)
 
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, dict) and not (prefix + k).startswith("dataset.args"):
-                out.update(flat(v, prefix + k + "."))
-            else:
-                out[prefix + k] = v
-        return out
-    mine, theirs = flat(cfg), flat(old)
+    mine, theirs = config_checks.flatten(cfg), config_checks.flatten(old)
     diff = [k for k in sorted(set(mine) | set(theirs))
             if k.split(".")[0] not in RUNTIME_KEYS and mine.get(k) != theirs.get(k)]
     if diff:
@@ -801,10 +799,6 @@ def _train_loop(config, workdir, is_main, state, step, loader, train_step, multi
     t_last, step_last = time.perf_counter(), step
     show_bar = is_main and sys.stderr.isatty()
 
-    def remaining_evals() -> int:
-        first = max(1, -(-step // spe))
-        return sum(1 for e in range(first, config.epochs + 1) if _eval_due(config, e))
-
     def flush_metrics():
         nonlocal t_last, step_last
         if not pending:
@@ -823,7 +817,7 @@ def _train_loop(config, workdir, is_main, state, step, loader, train_step, multi
         train_s = max(now - t_last - timing["excluded"], 1e-9)
         rate = (step - step_last) / train_s
         eta = (total_steps - step) / rate if rate > 0 else float("nan")
-        evals = remaining_evals()
+        evals = len(_evals_between(config, step, total_steps, spe))
         if timing["eval_s"]:
             eta += evals * float(np.mean(timing["eval_s"]))
         # One row per log interval (a scanned call may hold several), and the rest.
@@ -936,27 +930,23 @@ def _precompile(config, loader: DeviceLoader, step: int, state, consts, train_st
         end = min(end, config.max_steps)
     sizes = loader.train_batch_sizes()
     if step < end and sizes:
-        def like(x, size):
-            return jax.ShapeDtypeStruct((size,) + x.shape[1:], x.dtype, sharding=x.sharding)
+        kind, first = next(loader.epoch_calls(0, steps_per_call=steps_per_call))
+        lead = 1 if kind > 1 else 0         # a scanned chunk is [k, B, ...]
+
+        def single(x, size):                 # the abstract batch of ``size`` examples
+            return jax.ShapeDtypeStruct((size,) + x.shape[lead + 1:], x.dtype,
+                                        sharding=loader.batch_sharding)
 
         full = sum(1 for size in sizes if size == loader.batch_size)
-        k = steps_per_call or max(full, 1)
-        calls = loader.epoch_calls(0, steps_per_call=steps_per_call)
-        kind, first = next(calls)
         if kind > 1:
             multi_step.lower(state, first, consts).compile()
-        if kind == 1 or full % k:
-            one = next(iter(loader.epoch(0))) if kind > 1 else first
-            train_step.lower(state, one, consts).compile()
-        else:
-            one = next(iter(loader.epoch(0)))
-        if sizes[-1] != loader.batch_size and (step // spe + 1) * spe <= end:
-            train_step.lower(state, jax.tree.map(lambda x: like(x, sizes[-1]), one),
+        if full and (kind == 1 or full % (steps_per_call or full)):
+            train_step.lower(state, jax.tree.map(lambda x: single(x, loader.batch_size), first),
                              consts).compile()
-    evals = [e for e in range(step // spe, config.epochs + 1)
-             if (e == 0 and config.epochs == 0) or (_eval_due(config, e) and e * spe <= end
-                                                    and e * spe >= step)]
-    if evals:
+        if sizes[-1] != loader.batch_size and (step // spe + 1) * spe <= end:
+            train_step.lower(state, jax.tree.map(lambda x: single(x, sizes[-1]), first),
+                             consts).compile()
+    if config.epochs == 0 or _evals_between(config, step, end, spe):
         batch = next(iter(loader.eval_batches()), None)
         if batch is not None:
             eval_step.lower(state, batch).compile()

@@ -76,7 +76,7 @@ def test_every_bad_value_is_refused_before_anything_is_written(tmp_path, key, va
 
 def test_schema_covers_exactly_the_base_config():
     from configs import common
-    flat = config_checks._flatten(common.get_base_config())
+    flat = config_checks.flatten(common.get_base_config())
     assert set(flat) == set(config_checks.RULES)
     for key, value in flat.items():               # every default is valid
         config_checks.check_value(key, value)
