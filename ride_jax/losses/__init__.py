@@ -10,9 +10,12 @@ Per-class constants (computed once from concrete class counts):
 Single-head losses:
     cross_entropy, per_sample_cross_entropy, focal_loss, ldam_margin_logits,
     ldam_loss, softmax_kl, distill_kl.
+Prior-corrected (logit adjustment, Balanced Softmax):
+    log_prior, logit_adjusted_loss, balanced_softmax_loss,
+    posthoc_logit_adjust (post-hoc: predict argmax of its output).
 RIDE:
     diversity_kl, ride_loss, ride_distill_loss.
-ResLT (spec 8):
+ResLT (official jiequancui/ResLT):
     reslt_loss; class groups reslt_index_groups (CIFAR, RESLT_CIFAR_GROUPS),
     reslt_frequency_groups (ImageNet-LT / iNat, RESLT_FREQUENCY_GROUPS),
     reslt_example_masks, ResLTGroups, RESLT_FUSED_CE.
@@ -52,6 +55,7 @@ from ride_jax.losses.classification import (
     per_sample_cross_entropy,
     softmax_kl,
 )
+from ride_jax.losses.prior import balanced_softmax_loss, log_prior, logit_adjusted_loss, posthoc_logit_adjust
 from ride_jax.losses.reslt import (
     RESLT_CIFAR_GROUPS,
     RESLT_FREQUENCY_GROUPS,
@@ -73,6 +77,7 @@ __all__ = [
     "ResLTGroups",
     "TEMPERATURE_FORMULAS",
     "RideClassVectors",
+    "balanced_softmax_loss",
     "check_choice",
     "check_class_counts",
     "check_expert_logits",
@@ -90,7 +95,10 @@ __all__ = [
     "ldam_loss",
     "ldam_margin_logits",
     "ldam_margins",
+    "log_prior",
+    "logit_adjusted_loss",
     "per_sample_cross_entropy",
+    "posthoc_logit_adjust",
     "reslt_example_masks",
     "reslt_frequency_groups",
     "reslt_index_groups",
