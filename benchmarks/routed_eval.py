@@ -65,11 +65,13 @@ def _threshold_router(model, router, variables, images, go_on: float):
 def _load_run(workdir: str):
     from ml_collections import ConfigDict
 
-    from ride_jax.train import _model_from, build_dataset, load_run
+    from ride_jax.checkpointing import load_run
+    from ride_jax.networks import model_from_config
+    from ride_jax.train import build_dataset
     cfg, variables, _ = load_run(workdir)
     config = ConfigDict(cfg)
     dataset = build_dataset(config)
-    model = _model_from(config.model, dataset.num_classes)
+    model = model_from_config(config.model, dataset.num_classes)
     router = make_router(model, dataset.image_shape, top_k=config.router.top_k,
                          hidden=config.router.hidden)
     return model, router, variables, dataset

@@ -1,7 +1,7 @@
 """Compute accounting: multiply-accumulates (MACs) of convolutions and linear layers.
 
 RIDE's papers and README report thop "GFLOPs", which are MACs of convs and linears per
-image (ride-spec.md §2.5). The official counter silently skips the experts'
+image (official RIDE ``utils/gflops.py``, thop). The official counter silently skips the experts'
 NormedLinear heads; these functions count them (``heads`` in ``ModelMacs`` says how
 much they add, so ``total - heads`` compares with the official figures).
 

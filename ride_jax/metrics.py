@@ -3,7 +3,7 @@
 Inside jit, :func:`eval_counts` turns one batch's logits into per-class sums (one-hot
 products, no scatter), masked so padding rows count for nothing; summing them over
 batches and then :func:`summarize` on the host gives what the official ``test.py``
-prints (ride-spec.md §1.5): overall micro accuracy, per-class accuracy, and the
+prints (official RIDE ``test.py``): overall micro accuracy, per-class accuracy, and the
 many / medium / few accuracies as the MEAN OF PER-CLASS ACCURACIES within each group of
 TRAINING counts (many n > 100, medium 20 <= n <= 100, few n < 20); plus per-expert
 accuracies.

@@ -1,7 +1,7 @@
 """The recipe files in configs/: every argument loads, the values are the official ones.
 
-Official values: /work/shared/reference/ride-spec.md §6.2 (optimiser and schedule), §3
-(RIDE loss constants per dataset), §1.5 (test batch 128).
+Official values: RIDE's ``configs/*.json`` (optimiser, schedule, RIDE loss constants per
+dataset), ``train.py`` (``CustomLR``) and ``test.py`` (test batch 128); ResLT's scripts.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def test_loads_with_argument(name, arg):
             assert o.warmup_epochs == (20 if name in CIFAR_STYLE else 5)
     elif stage == "eval":
         assert c.epochs == 0
-    else:   # router (RIDE-EA stage 2, ride-spec.md §4.3) and crt: cosine, balanced
+    else:   # router (RIDE-EA stage 2, official *_ride_ea.json) and crt: cosine, balanced
         assert o.schedule == "cosine" and c.data.sampler == "balanced"
         assert o.weight_decay == 5e-4
         if stage == "router":
@@ -215,7 +215,7 @@ def _check_reslt_applied(c, name, a):
 @pytest.mark.parametrize("name", ["cifar100_lt", "cifar10_lt"])
 @pytest.mark.parametrize("ratio", RATIOS)
 def test_reslt_cifar_official_recipe(name, ratio):
-    """ride-spec.md §8.3-8.4: ResLTResNet32, beta per ratio, groups, schedule."""
+    """ResLT's CIFAR scripts (CIFAR100LT_imf*.sh): ResLTResNet32, beta per ratio, groups, schedule."""
     c = _load(name, f"loss=reslt,ratio={ratio}")
     beta = {"cifar100_lt": {100: 0.995, 50: 0.99, 10: 0.72},
             "cifar10_lt": {100: 0.998, 50: 0.998, 10: 0.96}}[name][ratio]
@@ -233,7 +233,7 @@ def test_reslt_cifar_official_recipe(name, ratio):
 
 
 def test_reslt_imagenet_lt_official_recipes():
-    """ride-spec.md §8.4: R10.sh, X50.sh and X50_bt128_reslt_ride.sh."""
+    """ResLT ImageNetLT/sh: R10.sh, X50.sh and X50_bt128_reslt_ride.sh."""
     for backbone, arch, gamma, order in (("r10", "resnet10", 0.3, "pool_conv"),
                                          ("rx50", "resnext50", 0.7, "conv_pool")):
         c = _load("imagenet_lt", f"loss=reslt,backbone={backbone}")
@@ -257,7 +257,7 @@ def test_reslt_imagenet_lt_official_recipes():
 
 
 def test_reslt_inat_official_recipes():
-    """ride-spec.md §8.4: R50.sh (two branches, cosine without warm-up), R50_ride_reslt.sh."""
+    """ResLT's iNat scripts: R50.sh (two branches, cosine without warm-up), R50_ride_reslt.sh."""
     c = _load("inat2018", "loss=reslt")
     ride = _load("inat2018", "loss=ride_reslt")
     for x in (c, ride):
@@ -489,8 +489,9 @@ def test_cifar10_jpeg_smoke_dataset_is_small():
 
 
 def test_router_top_k_is_the_official_top_choices_num():
-    """ride-spec.md §4.1: 30 for CIFAR-100 and ImageNet-LT ResNet-10, 50 for R50/RX50 and
-    iNat; never more than the number of classes (10-class data: all 10)."""
+    """``top_choices_num`` of the official *_ride_ea.json: 30 for CIFAR-100 and ImageNet-LT
+    ResNet-10, 50 for R50/RX50 and iNat; never more than the number of classes (10-class
+    data: all 10)."""
     assert _load("cifar100_lt", "stage=router").router.top_k == 30
     assert _load("imagenet_lt", "backbone=r10,stage=router").router.top_k == 30
     assert _load("imagenet_lt", "backbone=r50,stage=router").router.top_k == 50

@@ -80,7 +80,7 @@ def cifar100_lt_counts():
     return np.array([int(500 * 0.01 ** (c / 99)) for c in range(100)])
 
 
-# spec 3.4 inputs
+# RIDE loss worked example, inputs (docs/parity.md, Reference numbers)
 S_Z1 = np.array([[9, -3, 6, -12], [1.5, 12, -6, 3], [-4.5, 0, 7.5, 10.5]])
 S_Z2 = np.array([[6, 3, -1.5, -9], [4.5, 7.5, -3, 6], [-6, 1.5, 4.5, 13.5]])
 S_Z = np.stack([S_Z1, S_Z2]).astype(np.float32)
@@ -134,14 +134,14 @@ def test_spec_worked_class_vectors():
 
 def test_cifar100_lt_vectors_and_paper_formula(x64):
     n = cifar100_lt_counts()
-    assert n.sum() == 10847 and n[0] == 500 and n[-1] == 5  # spec 1.1
+    assert n.sum() == 10847 and n[0] == 500 and n[-1] == 5  # docs/parity.md, Reference numbers
     gamma, alpha = 0.05, 1.0
     b = gamma * 100 * n / n.sum() + (1 - gamma)  # hand computation
     official = L.diversity_temperatures(n, gamma, alpha)
     paper = L.diversity_temperatures(n, gamma, alpha, formula="paper")
     np.testing.assert_allclose(official, alpha * b / b.max(), rtol=1e-12)
     np.testing.assert_allclose(paper, alpha * (b + 1 - b.max()), rtol=1e-12)
-    # spec 3.2 / 3.3 quoted numbers
+    # reference numbers of the official code (docs/parity.md); paper formula's tail 0.7718
     np.testing.assert_allclose(float(official[-1]), 0.806711, atol=1e-6)
     np.testing.assert_allclose(float(jnp.mean(official)), 0.847114, atol=1e-6)
     np.testing.assert_allclose(float(official[-1]), 0.8067, atol=5e-5)
@@ -149,7 +149,7 @@ def test_cifar100_lt_vectors_and_paper_formula(x64):
     assert float(paper[0]) == float(official[0]) == alpha  # they agree for the head class only
     # paper formula with a non-unit alpha scales the whole vector
     np.testing.assert_allclose(L.diversity_temperatures(n, gamma, 2.0, "paper"), 2.0 * (b + 1 - b.max()), rtol=1e-12)
-    # spec 3.1: CIFAR-100-LT margins and DRW weights
+    # CIFAR-100-LT margins and DRW weights (docs/parity.md, Reference numbers)
     m, w = L.ldam_margins(n), L.drw_weights(n)
     np.testing.assert_allclose([m[0], m[-1]], [0.158114, 0.5], atol=1e-6)
     np.testing.assert_allclose([w[0], w[-1]], [0.044876, 4.378313], atol=1e-6)
@@ -249,7 +249,8 @@ def test_ride_loss_leafmode_matches_fixture(epoch, precision):
 
 
 def test_ride_loss_independent_numpy_reference():
-    """Per-expert terms against a from-scratch numpy implementation of spec 3.2 (epoch 161 vectors)."""
+    """Per-expert terms against a from-scratch numpy implementation of official RIDE
+    model/loss.py:216-247, RIDELoss.forward (epoch 161 vectors)."""
     z, y, n = RIDE["expert_logits"], RIDE["targets"], RIDE["counts"]
     with jax.enable_x64(True):
         loss, aux = L.ride_loss(z, y, **_ride_kwargs(170))
@@ -478,7 +479,7 @@ def test_diversity_kl_shapes_and_values(x64):
 # ----------------------------------------------------------------------------------------------
 
 # Expert logits (C = 2, all labels 0) built so that the running-sum ensembles have the
-# spec 4.2 correctness pattern [[1,0,0],[1,0,0],[0,0,1],[0,1,1]].
+# official router example's correctness pattern [[1,0,0],[1,0,0],[0,0,1],[0,1,1]] (docs/parity.md).
 ROUTE_Z = np.array([
     [[1, 0], [2, 0], [0, 1], [0, 1]],   # expert 0
     [[0, 3], [0, 5], [0, 1], [3, 0]],   # expert 1

@@ -136,7 +136,7 @@ def test_cifar_parameter_and_mac_counts(key, experts, reduce):
         "macs_per_expert_per_image"]
 
 
-# Parameter counts of the official ImageNet-size classes (ride-spec.md §2.4, in millions).
+# Parameter counts of the official ImageNet-size classes (docs/parity.md, in millions).
 @pytest.mark.parametrize("arch,experts,classes,reduce,use_norm,millions", [
     ("resnext50", 1, 1000, False, False, 25.03),
     ("resnext50", 3, 1000, True, True, 42.89),

@@ -1,10 +1,11 @@
-"""Tests of the ResLT loss and class groups (spec section 8) against spec values and independent NumPy references.
+"""Tests of the ResLT loss and class groups (official ResLT code) against reference values
+and independent NumPy references.
 
-The spec (8.2) gives the official-code values L_ice = 0.522097, L_fce = 0.217686, L = 0.520575 (beta 0.995)
-and 0.436862 (beta 0.72) for C = 4, M = {2, 3}, T = {3}, but not the logits they came from. The worked-value
+docs/parity.md ("Reference numbers") gives the official-code values L_ice = 0.522097,
+L_fce = 0.217686, L = 0.520575 (beta 0.995) and 0.436862 (beta 0.72) for C = 4, M = {2, 3}, T = {3}, but not the logits they came from. The worked-value
 test therefore builds logits in closed form (NumPy, float64) whose ResLT components are exactly those two
 numbers, with masked-out entries set to values that would change the result if they were not masked, and
-checks the loss reproduces the spec's totals. The official formula itself (normalisation, epsilon, masks,
+checks the loss reproduces the reference totals. The official formula itself (normalisation, epsilon, masks,
 two branches, label smoothing, the ImageNet-LT fused CE) is checked against a NumPy restatement of the
 official ``crossEntropy`` / ``ResLTLoss`` on random inputs.
 """
@@ -19,7 +20,7 @@ from jax.test_util import check_grads
 
 from ride_jax import losses as L
 
-L_ICE, L_FCE = 0.522097, 0.217686  # spec 8.2
+L_ICE, L_FCE = 0.522097, 0.217686  # official ResLT loss (docs/parity.md, Reference numbers)
 
 
 @pytest.fixture
@@ -71,11 +72,11 @@ def random_case(seed, k=3, b=16, c=10, scale=4.0):
 
 
 # ----------------------------------------------------------------------------------------------
-# spec 8.2 worked values
+# worked values of the official ResLT loss (docs/parity.md, Reference numbers)
 # ----------------------------------------------------------------------------------------------
 
 def spec_worked_inputs():
-    """C = 4, M = {2, 3}, T = {3}, labels [0, 2, 3]: logits whose L_ice / L_fce are the spec's values.
+    """C = 4, M = {2, 3}, T = {3}, labels [0, 2, 3]: logits whose L_ice / L_fce are the reference values.
 
     Every active (branch, example) term is l = -log(softmax(a e_y)_y + 1e-7) = L_ICE, with
     e^a = 3q / (1 - q), q = exp(-L_ICE) - 1e-7. Example 2 (tail) has all three branches = a e_3, so its
@@ -105,7 +106,7 @@ def test_spec_worked_values_f64(x64, beta, total):
     assert loss.dtype == jnp.float64
     np.testing.assert_allclose(float(aux["ice"]), L_ICE, rtol=1e-10)
     np.testing.assert_allclose(float(aux["fce"]), L_FCE, rtol=1e-10)
-    np.testing.assert_allclose(float(loss), total, atol=1e-6)  # spec rounded to 6 digits
+    np.testing.assert_allclose(float(loss), total, atol=1e-6)  # reference rounded to 6 digits
     np.testing.assert_array_equal(np.asarray(aux["branch_count"]), [3.0, 2.0, 1.0])
     np.testing.assert_allclose(float(loss), np_reslt(z, y, [v, t], beta)[0], rtol=1e-10)
 

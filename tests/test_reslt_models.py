@@ -1,5 +1,6 @@
-"""ResLT networks (ride-spec.md §8.1): CIFAR branch-BN head, ImageNet 1x1 block head,
-RIDE experts carrying either, test-time classifier, pooling order, default models intact."""
+"""ResLT networks (official ResLT ``ResLTResNet32``, ``ResNet_ResLT``): CIFAR branch-BN
+head, ImageNet 1x1 block head, RIDE experts carrying either, test-time classifier, pooling
+order, default models intact."""
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +61,7 @@ def _bn(x, p, mean, var):
 # RIDE-3 CIFAR-100 (reduce): trunk 464 + 23,360 = 23,824; expert body: layer2
 # (9*16*24 + 9*24*24 + 96) + 4*(2*9*24*24 + 96) = 50,592, layer3 (9*24*48 + 9*48*48
 # + 192) + 4*(2*9*48*48 + 192) = 197,952. Default head NormedLinear 48*100 = 4,800:
-# 23,824 + 3*(248,544 + 4,800) = 783,856 (spec §2.4). ResLT head 3*2*48 + 48*100 + 100
+# 23,824 + 3*(248,544 + 4,800) = 783,856 (official; docs/parity.md). ResLT head 3*2*48 + 48*100 + 100
 # = 5,188: 23,824 + 3*(248,544 + 5,188) = 785,020.
 # ResNet-10 body: 9,408 + 128 + 73,984 (layer1) + 230,144 (layer2: 73,728 + 147,456 + 512
 # + ds 8,192 + 256) + 919,040 (layer3: 294,912 + 589,824 + 1,024 + ds 32,768 + 512) +

@@ -1,4 +1,4 @@
-"""ResLT in the trainer (ride-spec.md §8): the loss the train step optimises, the ResLT
+"""ResLT in the trainer (official ResLT code): the loss the train step optimises, the ResLT
 schedules, the config checks, the MACs of a ResLT head and runs through ``main``."""
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ def test_trainer_refuses_inconsistent_reslt_settings(tmp_path, over, match):
 
 
 def test_reslt_cifar_warmup_from_a_third_and_decays_by_ten():
-    """ride-spec.md §8.4: lr (1/3 (1 - f) + f), f = (e0 + 1) / 5 for e0 < 5, then x0.1 at
-    e0 >= 160 and x0.01 at e0 >= 180 (per epoch)."""
+    """ResLT's CIFAR script (cifarTrain_reslt_cifar100.py): lr (1/3 (1 - f) + f),
+    f = (e0 + 1) / 5 for e0 < 5, then x0.1 at e0 >= 160 and x0.01 at e0 >= 180 (per epoch)."""
     spe = 7
     sched = jax.jit(optim.custom_lr_schedule(0.1, spe, warmup_epochs=5, step1=160,
                                              step2=180, gamma=0.1, warmup_from=1 / 3))

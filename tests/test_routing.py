@@ -1,7 +1,8 @@
 """RIDE-EA router, routed inference, tau-normalisation and routed compute accounting.
 
-Reference: ride-spec.md §4 (official ``ea_resnet_cifar.py``): the router wiring (§4.1),
-and test-time routing (§4.4), rewritten here the way the official code does it: boolean
+Reference: official RIDE ``model/ldam_drw_resnets/ea_resnet_cifar.py``: the router wiring
+(``ResNet_s.pred_expert_help``), and test-time routing (``ResNet_s.forward`` without a
+target), rewritten here the way the official code does it: boolean
 indexing of the still-active examples, on the host.
 """
 
@@ -23,7 +24,7 @@ def x64():
 
 
 def test_router_parameter_count_is_the_official_one():
-    """ride-spec.md §4.3: 1,615 router parameters for CIFAR-100 with 3 experts."""
+    """1,615 router parameters for CIFAR-100 with 3 experts (official; docs/parity.md)."""
     model = create_model(num_classes=100, num_experts=3)
     router = make_router(model, (32, 32, 3), top_k=30)
     assert router.feature_dim == 48 and router.num_routers == 2
@@ -106,7 +107,7 @@ def _routed_setup(num_experts=3, batch=24, seed=0):
 
 
 def _official_routed(model, router, v, x, force_all=False):
-    """ride-spec.md §4.4 as the official code writes it (boolean indexing, host loop)."""
+    """Official ``ResNet_s.forward`` without a target, as written there (boolean indexing, host loop)."""
     trunk = {c: t["trunk"] for c, t in v.items()}
     shared = np.asarray(model.trunk.apply(trunk, x, train=False))
 

@@ -1,7 +1,9 @@
 """Stages after stage 1, end to end on synthetic data: RIDE-EA router (stage 2) and
 routed evaluation, self-distillation, cRT and evaluation-only runs (tau-normalisation).
 
-ride-spec.md §4.3 (what stage 2 freezes), §4.4 (routed inference), §5 (distillation).
+Official RIDE: ``model/ldam_drw_resnets/ea_resnet_cifar.py`` (what stage 2 freezes: ``__init__``
+and ``_hook_before_iter``; routed inference: ``ResNet_s.forward``), ``model/loss.py:249-284``
+and ``trainer/trainer.py`` (distillation).
 """
 
 import json

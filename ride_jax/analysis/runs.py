@@ -43,7 +43,9 @@ def predict_run(workdir: str | os.PathLike, *, dataset: Any = None,
     from ride_jax.data.loader import data_mesh
     from ride_jax.data import make_loader
     from ride_jax.models import make_router, routed_apply, tau_normalize
-    from ride_jax.train import DTYPES, _model_from, build_dataset, load_run
+    from ride_jax.checkpointing import load_run
+    from ride_jax.networks import DTYPES, model_from_config
+    from ride_jax.train import build_dataset
 
     cfg, variables, _ = load_run(os.fspath(workdir))
     config = ml_collections.ConfigDict(cfg)
@@ -52,7 +54,7 @@ def predict_run(workdir: str | os.PathLike, *, dataset: Any = None,
         raise ValueError(f"run analysis needs an in-memory dataset; {config.dataset.name!r} "
                          "is streamed (prepare a cache with python -m ride_jax.data.prepare "
                          "and pass it as dataset=load_cache(...))")
-    model = _model_from(cfg["model"], ds.num_classes)
+    model = model_from_config(cfg["model"], ds.num_classes)
     mesh = data_mesh(jax.devices()[:1])
     loader = make_loader(ds, config.data.batch_size,
                          eval_batch_size=batch_size or config.data.eval_batch_size, mesh=mesh,

@@ -1,6 +1,7 @@
 """On-device CIFAR-style augmentation, as one gather (pure JAX, jit/shard friendly).
 
-The official RIDE CIFAR train transform (ride-spec.md §1.1), in order of application:
+The official RIDE CIFAR train transform (``data_loader/cifar_data_loaders.py``,
+``ImbalanceCIFAR100DataLoader``), in order of application:
 
 1. ``RandomCrop(32, padding=4)``: zero-pad 4 pixels on every side, then a crop at an
    offset drawn uniformly from ``{0, ..., 2 * padding}`` on each axis;
@@ -59,7 +60,7 @@ class Augment:
         return self.padding == 0 and not self.flip and self.rotation == 0
 
 
-# Named recipes (ride-spec.md §1.1).
+# Named recipes (RIDE data_loader/cifar_data_loaders.py; LDAM-DRW cifar_train.py).
 AUGMENTATIONS = {
     "ride": Augment(padding=4, flip=True, rotation=15.0),     # RIDE CIFAR-LT loaders
     "ldam": Augment(padding=4, flip=True, rotation=0.0),      # LDAM-DRW and ResLT

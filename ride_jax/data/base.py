@@ -21,10 +21,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-# ride-spec.md §1.1: the CIFAR-10 constants are used for CIFAR-100 too.
+# Official RIDE data_loader/cifar_data_loaders.py (ImbalanceCIFAR{10,100}DataLoader):
+# the CIFAR-10 constants are used for CIFAR-100 too.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
-# §1.2 (ImageNet-LT; also Places-LT) and §1.3 (iNaturalist 2018).
+# Official RIDE data_loader/imagenet_lt_data_loaders.py (ImageNet-LT; also Places-LT) and
+# data_loader/inaturalist_data_loaders.py (iNaturalist 2018).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INAT_MEAN = (0.466, 0.471, 0.380)

@@ -1,6 +1,7 @@
 """Long-tail profiles, the official subset selection and shot groups (NumPy only).
 
-Conventions (ride-spec.md §1.1, §1.5):
+Conventions (official ``imbalance_cifar.py`` of LDAM-DRW, copied as RIDE
+``data_loader/imbalance_cifar.py``; shot groups as RIDE ``test.py``):
 
 * ``ratio`` is the imbalance ratio n_max / n_min, a number >= 1 (100, 50, 10); the
   official code's ``imb_factor`` is ``1 / ratio``. A value below 1 is rejected (it is

@@ -1,7 +1,7 @@
 """Sources read with TensorFlow Datasets: CIFAR-10/100-LT (in memory) and the streaming sets.
 
 * ``cifar10_lt`` / ``cifar100_lt`` -> :class:`~ride_jax.data.base.ArrayDataset`, the
-  exact official subset (ride-spec.md §1.1). tfds's ``id`` feature (``'train_16399'``)
+  exact official subset (RIDE ``data_loader/imbalance_cifar.py``). tfds's ``id`` feature (``'train_16399'``)
   is the example's position in the concatenated original training files
   (``data_batch_1..5.bin`` for CIFAR-10, ``train.bin`` for CIFAR-100: the tfds builder
   numbers the examples with one counter while reading the files in order), so sorting

@@ -4,14 +4,18 @@ All three vectors are functions of the training class counts n_c only. They
 are computed once, in float64 numpy, from concrete counts and returned as jax
 arrays (float64 if x64 is enabled, float32 otherwise, or ``dtype``).
 
-* LDAM margins (spec 3.1):      m_c = max_m * n_c^(-1/4) / max_j n_j^(-1/4)
-* DRW weights (spec 3.1):       w_c = (1 - beta) / (1 - beta^n_c), rescaled so sum_c w_c = C
-* Diversity temperatures (3.2): b_c = gamma * C * n_c / N + (1 - gamma), N = sum_c n_c
+* LDAM margins (official RIDE model/loss.py:145-146):
+    m_c = max_m * n_c^(-1/4) / max_j n_j^(-1/4)
+* DRW weights (model/loss.py:152-158):
+    w_c = (1 - beta) / (1 - beta^n_c), rescaled so sum_c w_c = C
+* Diversity temperatures (model/loss.py:162-168):
+    b_c = gamma * C * n_c / N + (1 - gamma), N = sum_c n_c
     - ``formula='official'`` (the code):  T_c = alpha * b_c / max_j b_j
     - ``formula='paper'`` (eqs. 13-14):   T_c = alpha * (b_c + 1 - max_j b_j)
 
-Schedule (RIDE ``_hook_before_epoch``): with 1-indexed ``epoch``, the DRW
-weights and the class temperatures are active iff ``epoch > reweight_epoch``.
+Schedule (RIDE ``RIDELoss._hook_before_epoch``, model/loss.py:190-199): with
+1-indexed ``epoch``, the DRW weights and the class temperatures are active iff
+``epoch > reweight_epoch``.
 Before that RIDE uses no class weights and the scalar temperature alpha.
 """
 

@@ -1,6 +1,6 @@
 """Single-head classification losses: CE, focal, LDAM(-DRW), distillation KL.
 
-Conventions (spec section 3):
+Conventions (as the official RIDE ``model/loss.py``, where the scale s lives in the model):
 
 * ``logits``: ``[..., C]`` (usually ``[B, C]``), already including the cosine
   classifier scale s = 30 where the model has one.
@@ -253,7 +253,7 @@ def softmax_kl(target_logits: Any, logits: Any, temperature: Any = 1.0) -> jax.A
 
 
 def distill_kl(student_logits: Any, teacher_logits: Any, temperature: Any = 1.5) -> jax.Array:
-    """Knowledge-distillation term of RIDE (spec section 5).
+    """Knowledge-distillation term of RIDE (official RIDE ``model/loss.py:277-282``).
 
     KD = T^2 * KL(softmax(stop_gradient(t) / T) || softmax(s / T)), batch mean.
 

@@ -1,4 +1,5 @@
-"""ResLT loss and class groups (spec section 8, official jiequancui/ResLT code).
+"""ResLT loss and class groups (official ResLT ``crossEntropy`` / ``ResLTLoss``, e.g. in
+``ImageNetLT/ImageNetTrain_reslt_ride.py``).
 
 Shapes: K branches (3: head H, medium+tail M, tail T; or 2: H and M, the iNat
 recipe), B samples, C classes. The branches share one classifier and their

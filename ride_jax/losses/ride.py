@@ -1,4 +1,7 @@
-"""RIDE stage-1 loss (spec 3.2) and its self-distillation wrapper (spec 5).
+"""RIDE stage-1 loss and its self-distillation wrapper.
+
+Official RIDE ``model/loss.py:124-247`` (``RIDELoss``) and ``model/loss.py:249-284``
+(``RIDELossWithDistill``).
 
 Shapes: E experts, B samples, C classes.
 

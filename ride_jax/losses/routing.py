@@ -1,4 +1,7 @@
-"""Expert-assignment (router) targets and loss of RIDE-EA stage 2 (spec 4.2).
+"""Expert-assignment (router) targets and loss of RIDE-EA stage 2.
+
+Official RIDE ``model/ldam_drw_resnets/ea_resnet_cifar.py``, ``ResNet_s.forward`` with a
+target (and ``model/fb_resnets/EAResNet.py``).
 
 Router i (i = 0..E-2) decides whether to add expert i+1. Its training target
 is "the ensemble of experts 0..i is wrong, and some larger ensemble 0..j

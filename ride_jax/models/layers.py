@@ -1,6 +1,8 @@
 """Building blocks shared by the CIFAR and ImageNet-size RIDE networks.
 
-Everything here follows the official PyTorch code's numerics (see ride-spec.md §2.1):
+Everything here follows the official PyTorch code's numerics (official RIDE
+``model/ldam_drw_resnets/ride_resnet_cifar.py`` and ``model/fb_resnets/RIDEResNet.py``:
+``NormedLinear``, the weight init; PyTorch's ``BatchNorm2d`` defaults):
 
 * ``BatchNorm``: PyTorch semantics. Batch statistics over every axis but the last,
     normalisation with the biased variance, running statistics updated as

@@ -1,4 +1,5 @@
-"""ResLT heads (ride-spec.md §8.1, official jiequancui/ResLT code) as RIDE experts.
+"""ResLT heads (official ResLT: CIFAR ``ResLTResNet32``; ``ResNet_ResLT`` in
+``ImageNetLT/networks/nets.py`` and ``Inat/networks/nets.py``) as RIDE experts.
 
 ResLT keeps one main branch H (trained on all classes) and residual branches M
 (medium+tail classes) and T (tail classes). The branches differ only by a few
@@ -64,7 +65,8 @@ Array = jax.Array
 BRANCH_NAMES = ("h", "m", "t")
 POOL_ORDERS = ("conv_pool", "pool_conv")
 
-# gamma of the official test-time classifier, per shipped script (ride-spec.md §8.4).
+# gamma of the official test-time classifier, per shipped script (``--gamma`` of ResLT's
+# ``ImageNetLT/sh/*.sh`` and iNat scripts).
 # CIFAR scripts use none (eval_gamma=None).
 RESLT_EVAL_GAMMA = {
     "imagenet_lt_resnet10": 0.3,

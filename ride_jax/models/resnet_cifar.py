@@ -1,4 +1,7 @@
-"""CIFAR ResNet-32 split into a shared trunk and one RIDE expert (ride-spec.md §2.2).
+"""CIFAR ResNet-32 split into a shared trunk and one RIDE expert.
+
+Official RIDE ``model/ldam_drw_resnets/ride_resnet_cifar.py`` (``ResNet32Model`` in
+``model/model.py``).
 
 * ``CifarTrunk``: conv3x3(3->16) -> BN -> ReLU -> layer1 (5 BasicBlocks, 16 channels).
     Shared by all experts.

@@ -1,4 +1,6 @@
-"""ImageNet-size RIDE ResNet-10 / ResNet-50 / ResNeXt-50 (32x4d), ride-spec.md §2.3.
+"""ImageNet-size RIDE ResNet-10 / ResNet-50 / ResNeXt-50 (32x4d).
+
+Official RIDE ``model/fb_resnets/RIDEResNet.py`` and ``RIDEResNeXt.py``.
 
 * ``ImageNetTrunk`` (shared): conv7x7/2(3->64) -> BN -> ReLU -> maxpool 3x3/2 ->
   layer1 -> layer2.

@@ -227,7 +227,7 @@ def create_model(arch: str = "resnet32", *, num_classes: int, num_experts: int =
       dtype: computation dtype (None: inferred from inputs and parameters).
       layer2_dim, layer3_dim, layer4_dim: override the expert widths.
       head: ``'plain'`` (default: one classifier per expert, as above) or ``'reslt'``:
-        every expert carries a ResLT head (``ride_jax.models.reslt``, ride-spec.md §8.1)
+        every expert carries a ResLT head (``ride_jax.models.reslt``, official ResLT heads)
         and ``apply`` adds ``'branch_logits' [E, K, B, C]``. With ``num_experts=1`` and
         ``reduce_dimension=False`` this is the official single ResLT network
         (``ResLTResNet32``, ``resnet10_reslt``, ``resnet50_reslt``,

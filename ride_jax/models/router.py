@@ -1,6 +1,7 @@
 """RIDE expert assignment (RIDE-EA): the router and routed inference that skips work.
 
-The router (ride-spec.md §4.1, official ``ea_resnet_cifar.py`` / ``EAResNet.py``) has
+The router (official RIDE ``model/ldam_drw_resnets/ea_resnet_cifar.py``,
+``ResNet_s.pred_expert_help``; ``model/fb_resnets/EAResNet.py``) has
 ``E - 1`` parts; part ``i`` decides whether expert ``i + 1`` runs::
 
     g     = f_i / ||f_i||_2                   f_i: pooled features of expert i   [B, D]
@@ -14,9 +15,10 @@ Parameters (a plain dict, stored as ``params['router']`` next to the network's):
     {'hidden': {'kernel': [R, D, 16], 'bias': [R, 16]},
      'out':    {'kernel': [s + 16, 1], 'bias': [1]}}          R = E - 1
 
-Routed inference (§4.4): expert 0 always runs; expert ``i`` runs on the examples whose
-routers said "go on" (``sigmoid(logit) > 0.5``) at every step so far; the output is
-the mean of the logits of the experts used. :func:`routed_apply` makes that real work
+Routed inference (official ``ResNet_s.forward`` without a target): expert 0 always
+runs; expert ``i`` runs on the examples whose routers said "go on"
+(``sigmoid(logit) > 0.5``) at every step so far; the output is the mean of the logits
+of the experts used. :func:`routed_apply` makes that real work
 saving under jit: the active examples are compacted (stable, in batch order) into the
 smallest of a few static bucket sizes, only that bucket goes through the expert
 (``lax.switch`` picks the compiled branch), and the results are scattered back.
@@ -128,7 +130,7 @@ class Router:
         return (v @ params["out"]["kernel"] + params["out"]["bias"])[:, 0]
 
     def all_logits(self, params: Params, expert_logits: Array, features: Array) -> Array:
-        """Every router's logit with all experts run (stage-2 training, §4.2).
+        """Every router's logit with all experts run (stage 2, official ``forward(x, target)``).
 
         Args:
           expert_logits: ``[E, B, C]``.
