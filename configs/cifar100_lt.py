@@ -1,4 +1,4 @@
-"""CIFAR-100-LT, the official RIDE recipe (ride-spec.md §1.1, §6.2).
+"""CIFAR-100-LT, the official RIDE recipe (RIDE configs/config_imbalance_cifar100_ride.json).
 
     python -m ride_jax.main --config=configs/cifar100_lt.py --workdir=runs/c100_ride3
     python -m ride_jax.main --config=configs/cifar100_lt.py:ratio=50,experts=4 --workdir=...
@@ -24,7 +24,7 @@ Beyond stage 1 (``stage`` argument, see ``configs/common.py``: ``apply_stage``):
     python -m ride_jax.main --config=configs/cifar100_lt.py:loss=ride_reslt --workdir=...
 
 Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride_reslt
-(``configs/common.py``: ``apply_loss_preset``, ``apply_reslt_cifar``), stage
+(``configs/common.py``: ``apply_loss_preset``; ``ride_jax/methods/``), stage
 train|router|distill|crt|eval, smoke (2 epochs on a ratio-10 subset with 20 head
 images, for checking an install; ratio is ignored), epochs N (the recipe's schedule compressed to N epochs, ``common.apply_epoch_budget``;
 not an official recipe: a budget-limited comparison).

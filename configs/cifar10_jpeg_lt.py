@@ -10,7 +10,7 @@
 Arguments: path (a ``train/<class>/NNNN.jpg`` + ``test/...`` folder or zip; default
 ``../shared/data/cifar10-jpeg/cifar10-jpeg.zip`` next to the repository, resolved from
 this file's location), ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride_reslt
-(ResLT: the CIFAR-10 groups and beta, ``configs/common.py``: ``apply_reslt_cifar``),
+(ResLT: the CIFAR-10 groups and beta, ``ride_jax/methods/reslt.py``: ``apply_cifar``),
 stage train|router|distill|crt|eval (as in cifar100_lt.py; router top_k = 10), smoke (two epochs on a head class of 100 images and
 ratio 10, whatever ``ratio`` says), img_max (head class size; default the full
 5000; 500 gives 1,236 images and few-shot classes, as the Fashion-MNIST runs), epochs N (the recipe's schedule compressed to N epochs, ``common.apply_epoch_budget``;
@@ -20,8 +20,8 @@ Dataset ``image_folder_lt`` (``ride_jax.data.image_folder``): classes in sorted 
 order (= the CIFAR-10 label order), files in name order (= the original order within a
 class), so the official long-tail selection keeps the same images as the tfds
 ``cifar10_lt``; head class ``len(train) / C`` = 5000 images; normalised with the CIFAR
-constants (the builder's default). The recipe is the CIFAR-100-LT one (ride-spec.md
-§6.2). JPEG decoding makes the pixels differ slightly from the tfds PNG ones.
+constants (the builder's default). The recipe is the CIFAR-100-LT one (RIDE
+configs/config_imbalance_cifar100_ride.json). JPEG decoding makes the pixels differ slightly from the tfds PNG ones.
 """
 
 import os

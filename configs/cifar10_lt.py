@@ -1,4 +1,5 @@
-"""CIFAR-10-LT with the official CIFAR-100-LT RIDE recipe (ride-spec.md §1.1, §6.2).
+"""CIFAR-10-LT with the official CIFAR-100-LT RIDE recipe (RIDE's
+configs/config_imbalance_cifar100_ride.json; RIDE ships no CIFAR-10 config).
 
     python -m ride_jax.main --config=configs/cifar10_lt.py --workdir=runs/c10_ride3
     python -m ride_jax.main --config=configs/cifar10_lt.py:ratio=50,experts=4 --workdir=...
@@ -6,7 +7,7 @@
     python -m ride_jax.main --config=configs/cifar10_lt.py:smoke --workdir=/tmp/c10_smoke
 
 Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride_reslt
-(ResLT: the CIFAR-10 groups and beta, ``configs/common.py``: ``apply_reslt_cifar``), stage
+(ResLT: the CIFAR-10 groups and beta, ``ride_jax/methods/reslt.py``: ``apply_cifar``), stage
 train|router|distill|crt|eval (as in cifar100_lt.py; the router sees all 10 sorted
 logits, top_k = 10), smoke (two
 epochs on a head class of 200 images and ratio 10, whatever ``ratio`` says: an install

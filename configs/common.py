@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from ride_jax.configlib import METHODS, STAGES, check_choice, parse_arg
-from ride_jax.losses import RESLT_CIFAR_GROUPS
+from ride_jax import methods
+from ride_jax.configlib import STAGES, check_choice, parse_arg
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -36,7 +36,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.model.scale = 30.0
     c.model.expert_impl = "loop"
     c.model.dtype = "float32"        # float32 | bfloat16 (computation dtype)
-    # ResLT (ride-spec.md §8): head 'reslt' gives every expert ResLT branches (one expert
+    # ResLT (official jiequancui/ResLT; docs/parity.md): head 'reslt' gives every expert ResLT branches (one expert
     # and reduce_dimension=False: the official single ResLT network); needs use_norm=False.
     c.model.head = "plain"           # plain | reslt
     c.model.reslt_branches = 3       # 3 (H, M, T) | 2 (H, M: iNat)
@@ -45,7 +45,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.model.reslt_eval_order = ""    # '' = official pool_conv
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.name = "ride"             # ride | ldam_drw | ce | focal
+    # A method of ride_jax.methods (ride | ldam_drw | ce | focal | reslt | ride_reslt |
+    # logit_adjusted | balanced_softmax) or your own 'package.module:attribute'.
+    c.loss.name = "ride"
     c.loss.reweight_epoch = 160      # DRW and class temperatures from epoch + 1
     c.loss.max_margin = 0.5          # LDAM max_m
     c.loss.drw_beta = 0.9999
@@ -64,6 +66,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.loss.reslt_tail = 70
     c.loss.reslt_fused_ce = "plain"  # plain (CIFAR, iNat) | eps (ImageNet-LT: 1e-7 CE)
     c.loss.label_smoothing = 0.0     # ResLT ImageNet-LT --lsm
+    c.loss.logit_adjust_tau = 1.0    # logit_adjusted: CE on logits + tau * log(prior)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 0.1
@@ -83,6 +86,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     # eval (evaluate init_from only). All but train and distill start from init_from.
     c.stage = "train"
     c.init_from = ""                 # a finished run's workdir
+    c.init_from_checkpoint = "latest"   # its checkpoint: latest | best | a step number
 
     c.router = ml_collections.ConfigDict()
     c.router.top_k = 30              # s: top mean-logit values seen (CIFAR-100: 30)
@@ -96,8 +100,14 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.distill.temperature = 1.5
     c.distill.factor = 1.0           # kappa (additional_distill_loss_factor)
     c.distill.teacher_bn = "train"   # train (official quirk: batch statistics) | eval
+    c.distill.teacher_checkpoint = "latest"   # latest | best | a step number
 
     c.tau = -1.0                     # >= 0: tau-normalise linear heads before evaluating
+
+    c.eval = ml_collections.ConfigDict()
+    # > 0: also report post-hoc logit adjustment, argmax(logits - tau * log(prior))
+    # (Menon et al. 2021, section 4), beside the plain numbers.
+    c.eval.logit_adjust_tau = 0.0
 
     c.epochs = 200
     c.max_steps = 0                  # > 0: stop after this many steps (smoke runs)
@@ -116,81 +126,28 @@ def get_base_config() -> ml_collections.ConfigDict:
     return c
 
 
-# ResLT's --beta per CIFAR imbalance ratio (ride-spec.md §8.4); 10-class data use CIFAR-10's.
-RESLT_CIFAR_BETA = {"cifar100": {100: 0.995, 50: 0.99, 10: 0.72},
-                    "cifar10": {100: 0.998, 50: 0.998, 10: 0.96}}
-
-
 def apply_loss_preset(c: ml_collections.ConfigDict, loss: str, *, ratio: float = 100,
-                      reslt_groups: str = "cifar100") -> None:
-    """The official model/optimiser settings that go with each loss (ride-spec.md §6.2-6.3).
+                      reslt_groups: str = "cifar100", experts: int | None = None,
+                      family: str = "small_image", backbone: str = "r50") -> None:
+    """The method ``loss``'s recipe changes on ``c`` (its file's ``preset``).
 
-    ``loss`` is a recipe name (:data:`ride_jax.configlib.METHODS`); ``reslt`` and
-    ``ride_reslt`` take the ResLT CIFAR recipe (:func:`apply_reslt_cifar`) with the
-    groups and beta of ``reslt_groups`` (``cifar100`` | ``cifar10``) at ``ratio``.
+    ``loss``: a method name (:data:`ride_jax.methods.NAMES`) or your own
+    ``'package.module:attribute'``; ``experts``: the recipe's number of experts (None:
+    keep ``c.model.num_experts``); ``ratio`` and ``reslt_groups`` (``cifar100`` |
+    ``cifar10``): the ResLT CIFAR table; ``family`` and ``backbone``:
+    :class:`ride_jax.methods.Recipe`.
     """
-    check_choice("loss", loss, METHODS)
-    if loss in ("reslt", "ride_reslt"):
-        apply_reslt_cifar(c, ratio=ratio, groups=reslt_groups, ride=loss == "ride_reslt")
-        return
-    c.loss.name = loss
-    if loss == "ride":
-        return
-    # LDAM-DRW's recipe: one expert, no dimension reduction, no nesterov, wd 2e-4; the
-    # cosine classifier only for LDAM; no rotation in its augmentation.
-    c.model.num_experts = 1
-    c.model.reduce_dimension = False
-    c.model.use_norm = loss == "ldam_drw"
-    c.optim.weight_decay = 2e-4
-    c.optim.nesterov = False
-    c.data.augment = "ldam"
-
-
-def apply_reslt_cifar(c: ml_collections.ConfigDict, *, ratio: float, groups: str,
-                      ride: bool) -> None:
-    """ResLT's CIFAR scripts (``CIFAR{10,100}LT_imf*.sh``, ride-spec.md §8.3-8.4).
-
-    ``ResLTResNet32`` (16/32/64, three branch BNs, one shared linear classifier), batch
-    128, 200 epochs, SGD lr 0.1 momentum 0.9 Nesterov wd 5e-4, warm-up over 5 epochs
-    from lr/3 (``warmup_from``), LR x0.1 from epoch 161 and x0.01 from 181; crop + flip
-    (no rotation), ``drop_last=True``; beta per ratio (:data:`RESLT_CIFAR_BETA`) and the
-    index groups (:data:`ride_jax.losses.RESLT_CIFAR_GROUPS`; the same for every ratio).
-    ``ride=True`` (not in the official code): RIDE's reduced experts (24/48 wide), each
-    with the ResLT head, the ResLT loss summed over experts; the recipe sets
-    ``model.num_experts``.
-    """
-    check_choice("reslt groups", groups, tuple(RESLT_CIFAR_BETA))
-    ratio = check_choice("ratio", int(ratio), tuple(RESLT_CIFAR_BETA[groups]))
-    g = RESLT_CIFAR_GROUPS[groups]
-    c.loss.name = "reslt"
-    c.loss.reslt_beta = RESLT_CIFAR_BETA[groups][ratio]
-    c.loss.reslt_groups = "index"
-    c.loss.reslt_medium_tail = g["medium_start"]
-    c.loss.reslt_tail = g["tail_start"]
-    c.loss.reslt_fused_ce = "plain"
-    c.model.head = "reslt"
-    c.model.reslt_branches = 3
-    c.model.use_norm = False
-    c.model.reduce_dimension = ride
-    if not ride:
-        c.model.num_experts = 1
-    c.data.augment = "ldam"
-    c.data.remainder = "drop"
-    c.optim.lr = 0.1
-    c.optim.weight_decay = 5e-4
-    c.optim.momentum = 0.9
-    c.optim.nesterov = True
-    c.optim.schedule = "custom"
-    c.optim.warmup_epochs = 5
-    c.optim.warmup_from = 1 / 3
-    c.optim.step1 = 160
-    c.optim.step2 = 180
-    c.optim.gamma = 0.1
+    method = methods.get(loss)
+    method.preset(c, methods.Recipe(
+        family=family, dataset=c.dataset.name, ratio=ratio, reslt_groups=reslt_groups,
+        backbone=backbone,
+        experts=c.model.num_experts if experts is None else int(experts)))
 
 
 def apply_stage(c: ml_collections.ConfigDict, stage: str, *,
                 distill_warmup_epochs: int | None = None) -> None:
-    """The official recipe changes of each stage (ride-spec.md §4.3, §5, §6.2).
+    """The official recipe changes of each stage (RIDE configs/*_ride_ea.json and *_distill_ride.json;
+    cRT is not in the RIDE repository: docs/parity.md).
 
     * router: RIDE-EA stage 2: balanced sampler, batch 512, SGD lr 0.01 nesterov wd 5e-4,
       cosine over 5 epochs, only the router trains (backbone and BN frozen).
@@ -295,9 +252,8 @@ def small_image_config(a, dataset: str, args: dict, smoke_args: dict, *,
     c = get_base_config()
     c.dataset.name = dataset
     c.dataset.args = args
-    apply_loss_preset(c, a.loss, ratio=a.ratio, reslt_groups=reslt_groups)
-    if a.loss in ("ride", "ride_reslt"):
-        c.model.num_experts = a.experts
+    apply_loss_preset(c, a.loss, ratio=a.ratio, reslt_groups=reslt_groups,
+                      experts=a.experts)
     c.router.top_k = router_top_k
     apply_stage(c, a.stage, distill_warmup_epochs=20)   # the official CIFAR distill
     if a.epochs:

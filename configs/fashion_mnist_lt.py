@@ -9,7 +9,7 @@
     python -m ride_jax.main --config=configs/fashion_mnist_lt.py:smoke --workdir=/tmp/fm_smoke
 
 Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride_reslt
-(ResLT: the CIFAR-10 groups and beta, ``configs/common.py``: ``apply_reslt_cifar``), img_max (head
+(ResLT: the CIFAR-10 groups and beta, ``ride_jax/methods/reslt.py``: ``apply_cifar``), img_max (head
 class size, default 6000 = all of Fashion-MNIST; 500 gives few-shot classes), stage
 train|router|distill|crt|eval, smoke (two
 epochs on a head class of 200 images and ratio 10, whatever ``ratio`` says, read with
@@ -19,8 +19,8 @@ not an official recipe: a budget-limited comparison).
 Not in RIDE. The data come offline from Debian's ``dataset-fashion-mnist`` files
 (``ride_jax.data.fashion_mnist``): the official CIFAR-LT selection on the 60,000
 training images (head class 6000 images, ``n_c = int(6000 * ratio**(-c/9))``), test =
-the 10,000 t10k images. The recipe is the CIFAR-100-LT one unchanged (ride-spec.md
-§6.2); the 28x28x1 images go through the CIFAR ResNet-32 as they are (its global
+the 10,000 t10k images. The recipe is the CIFAR-100-LT one unchanged (RIDE
+configs/config_imbalance_cifar100_ride.json); the 28x28x1 images go through the CIFAR ResNet-32 as they are (its global
 average pool takes any size: 7x7 maps after layer3) and the CIFAR augmentation (pad 4
 + crop 28, flip, rotation 15) works on any size.
 """

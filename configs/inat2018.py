@@ -1,4 +1,5 @@
-"""iNaturalist 2018, the official RIDE recipe (ride-spec.md §1.3, §3, §6.2).
+"""iNaturalist 2018, the official RIDE recipe (RIDE
+configs/config_iNaturalist_resnet50_ride.json).
 
     python -m ride_jax.main --config=configs/inat2018.py --workdir=runs/inat_r50_ride3
     python -m ride_jax.main --config=configs/inat2018.py:experts=4 --workdir=...
@@ -9,7 +10,7 @@
     python -m ride_jax.main --config=configs/inat2018.py:loss=ride_reslt --workdir=...
 
 Arguments: experts 1..6 (default 3), loss ride|ldam_drw|ce|focal|reslt|ride_reslt
-(ResLT: ``configs/imagenet_lt.py``: ``apply_reslt_recipe``), stage
+(ResLT: ``ride_jax/methods/reslt.py``), stage
 train|router|distill|crt|eval, backbone r50 (official;
 r10|rx50 also accepted), data_dir (tfds data folder; default ``$TFDS_DATA_DIR`` or
 ``~/tensorflow_datasets``). No smoke variant: the data cannot be had offline.

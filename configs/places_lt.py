@@ -9,15 +9,15 @@ ride|ldam_drw|ce|focal, stage train|router|distill|crt|eval, image_root (the Pla
 most faithful and fastest source), data_dir (tfds data folder for ``places365_small``,
 used when image_root is not given). No smoke variant: the data cannot be had offline.
 
-RIDE does not support Places-LT (ride-spec.md §1.3: it appears only as list files in
+RIDE does not support Places-LT (docs/parity.md; it appears only as list files in
 the ResLT repo; 365 classes, 62,500 train, 36,500 test). ResLT ships no Places recipe
-either (§8.4), and the usual literature setting (an ImageNet-pretrained ResNet-152,
+either (none of its scripts is for Places-LT), and the usual literature setting (an ImageNet-pretrained ResNet-152,
 decoupling/OLTR style) needs weights this project does not have. So this is the
-ImageNet-LT RIDE recipe unchanged (ride-spec.md §6.2), trained from scratch: RIDE
+ImageNet-LT RIDE recipe unchanged (RIDE configs/config_imagenet_lt_resnet50_ride.json), trained from scratch: RIDE
 ResNet-50 (reduced experts, NormedLinear s = 30), global batch 256, 100 epochs, lr 0.1
 Nesterov, wd 2e-4, warmup 5, LR x0.1 after epochs 60 and 80, loss switch from epoch
 81, lambda -0.2, reweight factor 0.02 (ImageNet-LT's). Results are therefore not
-comparable with the ~40 % top-1 quoted for pretrained ResNet-152 models (§7.2-7.3).
+comparable with the ~40 % top-1 quoted for pretrained ResNet-152 models (e.g. RIDE's 40.3 in the SADE README's Places-LT table).
 
 Augmentation (RandomResizedCrop 224, flip, ColorJitter 0.4, as ImageNet-LT) and the test
 transform are done by the streaming loader, so ``data.augment`` is ``'none'``.

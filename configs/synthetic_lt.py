@@ -20,9 +20,8 @@ def get_config(arg=None):
     c.dataset.name = "synthetic_lt"
     c.dataset.args = {"num_classes": 10, "img_max": 500, "ratio": 100.0, "image_size": 32,
                       "test_per_class": 100, "seed": 0}
-    common.apply_loss_preset(c, a.loss, ratio=100, reslt_groups="cifar10")
-    if a.loss in ("ride", "ride_reslt"):
-        c.model.num_experts = a.experts
+    common.apply_loss_preset(c, a.loss, ratio=100, reslt_groups="cifar10",
+                             experts=a.experts)
     c.router.top_k = 10                     # = the number of classes
     common.apply_stage(c, a.stage, distill_warmup_epochs=20)   # CIFAR-style
     if a.smoke:

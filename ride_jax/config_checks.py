@@ -17,7 +17,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from ride_jax.compiler import CPU_CONVOLUTIONS
-from ride_jax.configlib import LOSSES, SCHEDULES, STAGES
+from ride_jax import methods
+from ride_jax.configlib import SCHEDULES, STAGES
 from ride_jax.data.augment import AUGMENTATIONS
 from ride_jax.data.loader import REMAINDERS, SAMPLERS
 from ride_jax.data.registry import DATASETS
@@ -29,7 +30,9 @@ DTYPE_NAMES = ("float32", "bfloat16")
 SEED_MAX = 2 ** 32 - 1
 
 # A rule: ('int', lo, hi) / ('float', lo, hi, lo_open, hi_open) with None = unbounded,
-# ('bool',), ('str',), ('choice', values), ('dict',).
+# ('bool',), ('str',), ('choice', values), ('dict',), ('method',) (a built-in method or
+# 'package.module:attribute', imported to check it), ('checkpoint',) (latest | best | a
+# step number).
 
 
 def _int(lo=None, hi=None):
@@ -68,7 +71,7 @@ RULES: dict[str, tuple] = {
     "model.reslt_eval_gamma": _float(),
     "model.reslt_train_order": _choice(("",) + POOL_ORDERS),
     "model.reslt_eval_order": _choice(("",) + POOL_ORDERS),
-    "loss.name": _choice(LOSSES),
+    "loss.name": ("method",),
     "loss.reweight_epoch": _int(0),
     "loss.max_margin": _float(0),
     "loss.drw_beta": _float(0, 1, hi_open=True),
@@ -84,6 +87,7 @@ RULES: dict[str, tuple] = {
     "loss.reslt_tail": _int(-1),
     "loss.reslt_fused_ce": _choice(RESLT_FUSED_CE),
     "loss.label_smoothing": _float(0, 1, hi_open=True),
+    "loss.logit_adjust_tau": _float(),
     "optim.lr": _float(0, lo_open=True),
     "optim.weight_decay": _float(0),
     "optim.momentum": _float(0, 1, hi_open=True),
@@ -96,6 +100,7 @@ RULES: dict[str, tuple] = {
     "optim.schedule": _choice(SCHEDULES),
     "stage": _choice(STAGES),
     "init_from": _STR,
+    "init_from_checkpoint": ("checkpoint",),
     "router.top_k": _int(1),
     "router.hidden": _int(1),
     "router.pos_weight": _float(0, lo_open=True),
@@ -105,7 +110,9 @@ RULES: dict[str, tuple] = {
     "distill.temperature": _float(0, lo_open=True),
     "distill.factor": _float(),
     "distill.teacher_bn": _choice(("train", "eval")),
+    "distill.teacher_checkpoint": ("checkpoint",),
     "tau": _float(),
+    "eval.logit_adjust_tau": _float(0),
     "epochs": _int(0),
     "max_steps": _int(0),
     "eval_every_epochs": _int(1),
@@ -126,7 +133,13 @@ _NOTES = {
     "loss.reslt_tail": " (-1: no tail group)",
     "epochs": " (0: evaluate only)",
     "keep_checkpoints": " (the newest checkpoints kept; 0 would delete every one)",
+    "eval.logit_adjust_tau": " (0: no post-hoc adjustment)",
 }
+
+# Keys added after the first runs, with the value that reproduces those runs: a run
+# whose config.json lacks one resumes as if it held this value.
+ADDED_KEYS = {"loss.logit_adjust_tau": 1.0, "eval.logit_adjust_tau": 0.0,
+              "init_from_checkpoint": "latest", "distill.teacher_checkpoint": "latest"}
 
 
 def sections(keys=RULES) -> dict[str, list[str]]:
@@ -206,6 +219,14 @@ def check_value(key: str, value: Any) -> None:
     elif kind == "dict":
         if not (isinstance(value, Mapping) or hasattr(value, "to_dict")):
             raise ValueError(f"{bad} a dict of dataset builder arguments")
+    elif kind == "method":
+        if not isinstance(value, str):
+            raise ValueError(f"{bad} a method name {list(methods.NAMES)} or "
+                             "'package.module:attribute'")
+        methods.get(value)
+    elif kind == "checkpoint":
+        from ride_jax.checkpointing import check_which   # (it imports this module)
+        check_which(value, key)
     elif kind == "choice":
         ok = isinstance(value, (str, int)) and not isinstance(value, bool)
         if not ok or value not in rule[1]:
@@ -233,6 +254,9 @@ def check_config(config: Any) -> None:
     if flat["optim.step2"] < flat["optim.step1"]:
         raise ValueError(f"optim.step2={flat['optim.step2']} is invalid: expected >= "
                          f"optim.step1={flat['optim.step1']} (the second LR step comes later)")
+    if flat["tau"] >= 0 and flat["model.use_norm"]:
+        raise ValueError(f"tau={flat['tau']}: tau-normalisation applies to linear heads "
+                         "(model.use_norm=False); this model has cosine heads")
     if flat["dataset.cache"] and not os.path.isfile(flat["dataset.cache"]):
         raise ValueError(f"dataset.cache={flat['dataset.cache']!r} is invalid: expected an "
                          "existing .npz file (python -m ride_jax.data.prepare writes one)")

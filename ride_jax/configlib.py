@@ -14,19 +14,20 @@ from typing import Any
 
 import ml_collections
 
+from ride_jax import methods, optim, stages
 from ride_jax.losses._checks import check_choice  # re-exported for the config files
 
-# The trainer's loss recipes (``config.loss.name``).
-LOSSES = ("ride", "ldam_drw", "ce", "focal", "reslt")
-# The recipes' ``loss=`` argument: a loss with its official model and optimiser settings;
-# ``ride_reslt`` is RIDE's experts, each with a ResLT head, trained with the ResLT loss.
-METHODS = LOSSES + ("ride_reslt",)
+# The built-in methods (``config.loss.name`` and the recipes' ``loss=``; each a file of
+# ride_jax.methods): a loss with its official model and optimiser settings. ``ride_reslt``
+# is RIDE's experts, each with a ResLT head, trained with the ResLT loss.
+METHODS = methods.NAMES
+LOSSES = METHODS
 # ``config.optim.schedule``: the official RIDE CustomLR (``custom``), a per-epoch cosine
 # (``cosine``: RIDE-EA, cRT, ResLT iNat ResNet-50) and ResLT's warm-up + cosine
 # (``warmup_cosine``: ResLT ImageNet-LT and the RIDE+ResLT scripts).
-SCHEDULES = ("custom", "cosine", "warmup_cosine")
-# What a run does (``config.stage``; see ``configs/common.py``'s ``apply_stage``).
-STAGES = ("train", "router", "distill", "crt", "eval")
+SCHEDULES = optim.SCHEDULES
+# What a run does (``config.stage``: ride_jax.stages; configs/common.py's ``apply_stage``).
+STAGES = stages.NAMES
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -83,18 +84,11 @@ def load(path: str | os.PathLike, arg: str | None = None) -> ml_collections.Conf
 
 def summary(config: ml_collections.ConfigDict, workdir: str) -> str:
     """The run's config on one screen (the log's start); the full one is in config.json."""
-    c, m, o, loss = config, config.model, config.optim, config.loss
+    c, m, o = config, config.model, config.optim
     args = ", ".join(f"{k}={v}" for k, v in dict(c.dataset.args).items())
     data = f"cache {c.dataset.cache}" if c.dataset.cache else f"{c.dataset.name}({args})"
     head = ("cosine" if m.use_norm else "linear") + (" ResLT" if m.head == "reslt" else "")
-    if loss.name == "ride":
-        what = f"ride (diversity {loss.diversity_factor}, DRW from epoch {loss.reweight_epoch + 1})"
-    elif loss.name == "ldam_drw":
-        what = f"ldam_drw (max margin {loss.max_margin}, DRW from epoch {loss.reweight_epoch + 1})"
-    elif loss.name == "reslt":
-        what = f"reslt (beta {loss.reslt_beta}, {loss.reslt_groups} groups)"
-    else:
-        what = loss.name
+    what = methods.describe(config)
     if o.schedule == "custom":
         sched = f"warm-up {o.warmup_epochs}, x{o.gamma} at epochs {o.step1} and {o.step2}"
     else:

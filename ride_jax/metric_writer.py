@@ -139,3 +139,93 @@ class MetricWriter:
             self.tb.flush()
             self.tb.close()
             self.jsonl.close()
+
+
+class TrainLog:
+    """The train steps' metrics, fetched and written every ``log_every`` steps.
+
+    Steps return device scalars; they wait in ``pending`` (no host sync per step) until
+    :meth:`flush`, which fetches them at once, refuses a non-finite loss, writes one
+    ``train`` row per ``log_every`` steps (means, plus ``steps_per_s``,
+    ``images_per_s`` and ``epoch``) and logs a progress line with an ETA. Time spent on
+    evaluations and checkpoints (:meth:`exclude`) does not count in the rate; the ETA
+    adds the evaluations still to come at their mean duration.
+
+    Args:
+      writer: the run's :class:`MetricWriter`.
+      total_steps, steps_per_epoch, log_every, batch_size: the run's.
+      evals_left: ``step -> number of evaluations after step`` (for the ETA).
+      eval_seconds: the durations of the evaluations so far (a list that grows).
+      last_good: ``() -> str`` naming the last good checkpoint (for the NaN error).
+      show_bar: also rewrite one progress line on stderr (a terminal).
+    """
+
+    def __init__(self, writer: MetricWriter, *, total_steps: int, steps_per_epoch: int,
+                 log_every: int, batch_size: int, evals_left, eval_seconds: list,
+                 last_good, show_bar: bool = False):
+        self.writer, self.total, self.spe = writer, total_steps, steps_per_epoch
+        self.every, self.batch_size = log_every, batch_size
+        self.evals_left, self.eval_seconds, self.last_good = evals_left, eval_seconds, last_good
+        self.show_bar = show_bar
+        self.pending: list[tuple[int, Any, int]] = []      # (first step, metrics, steps)
+        self.excluded, self.t_last, self.step_last = 0.0, time.perf_counter(), 0
+
+    def start(self, step: int) -> None:
+        """Time from now (after compiling): the first rate counts steps only."""
+        self.t_last, self.step_last, self.excluded = time.perf_counter(), step, 0.0
+
+    def add(self, step: int, metrics: Any, k: int) -> bool:
+        """Record the metrics of steps ``step .. step + k - 1``; True when a log row is due."""
+        self.pending.append((step, metrics, k))
+        return (step + k) // self.every > step // self.every
+
+    def exclude(self, seconds: float) -> None:
+        self.excluded += seconds
+
+    def flush(self, step: int) -> None:
+        """Fetch, check and write the pending metrics (``step``: steps done)."""
+        import jax      # noqa: PLC0415 - keep this module importable without jax
+        import numpy as np  # noqa: PLC0415
+        if not self.pending:
+            return
+        got = jax.device_get([m for _, m, _ in self.pending])
+        values = []     # one per step: a scanned call's metrics are [k] arrays
+        for (s, _, k), v in zip(self.pending, got):
+            values += ([(s, v)] if k == 1 else
+                       [(s + i, {name: x[i] for name, x in v.items()}) for i in range(k)])
+        for s, v in values:      # step s + 1 is the log's numbering (steps done)
+            if not np.isfinite(float(v["loss"])):
+                raise FloatingPointError(
+                    f"non-finite loss {float(v['loss'])} at step {s + 1}/{self.total} "
+                    f"(epoch {s // self.spe + 1}); {self.last_good()}")
+        now = time.perf_counter()
+        train_s = max(now - self.t_last - self.excluded, 1e-9)
+        rate = (step - self.step_last) / train_s
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        evals = self.evals_left(step)
+        if self.eval_seconds:
+            eta += evals * float(np.mean(self.eval_seconds))
+        # One row per log interval (a scanned call may hold several), and the rest.
+        groups = [[]]
+        for s, v in values:
+            groups[-1].append(v)
+            if (s + 1) % self.every == 0:
+                groups.append([])
+        end = values[0][0]
+        for group in (g for g in groups if g):
+            end += len(group)
+            mean = {k: float(np.mean([v[k] for v in group])) for k in group[0]}
+            mean.update(steps_per_s=rate, images_per_s=rate * self.batch_size,
+                        epoch=end / self.spe)
+            self.writer.scalars(end, mean, "train")
+        eta_note = "" if self.eval_seconds or not evals else " + evaluations"
+        msg = (f"step {step}/{self.total} epoch {step / self.spe:.2f} loss {mean['loss']:.4f} "
+               f"acc {mean['accuracy']:.3f} lr {mean['lr']:.4g} {rate:.2f} steps/s "
+               f"ETA {eta / 60:.1f} min{eta_note}")
+        if self.show_bar:
+            import sys  # noqa: PLC0415
+            sys.stderr.write("\r" + msg[:150].ljust(150))
+            sys.stderr.flush()
+        logging.info(msg)
+        self.pending.clear()
+        self.t_last, self.step_last, self.excluded = now, step, 0.0

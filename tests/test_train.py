@@ -331,7 +331,13 @@ def _stream_dataset(root):
 def test_streamed_dataset_trains_evaluates_and_resumes(tmp_path):
     (tmp_path / "img").mkdir()
     ds = _stream_dataset(tmp_path / "img")
-    cfg = dict(**{"data.batch_size": 16, "data.eval_batch_size": 32})
+    # The stream runs its own (official) transforms: data.augment must say so.
+    cfg = dict(**{"data.batch_size": 16, "data.eval_batch_size": 32, "data.augment": "none"})
+    with pytest.raises(ValueError, match=r"data.augment='ride' does not apply to the "
+                                         r"streamed dataset 'toy_stream'.*augment=none"):
+        train_and_evaluate(_tiny_config(**{"data.batch_size": 16}), str(tmp_path / "aug"),
+                           dataset=ds)
+    assert not (tmp_path / "aug").exists()
     full = train_and_evaluate(_tiny_config(**cfg), str(tmp_path / "full"), dataset=ds)
     assert full["status"] == "finished" and full["step"] == 6      # 2 epochs x ceil(48/16)
     assert full["last"]["num_examples"] == 48                       # padded eval, each once

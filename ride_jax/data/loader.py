@@ -14,7 +14,7 @@ Order and randomness are functions of ``(seed, epoch)`` alone, so a resumed run 
 the same batches as an uninterrupted one:
 
 * ``sampler='shuffle'``: a fresh permutation every epoch (PyTorch ``shuffle=True``).
-* ``sampler='balanced'``: the official ``BalancedSampler`` (ride-spec.md §1.4, RIDE's
+* ``sampler='balanced'``: the official ``BalancedSampler`` (RIDE data_loader/cifar_data_loaders.py, RIDE's
   router stage): each draw picks a class uniformly, then the next item of that class's
   shuffled bucket, which is reshuffled when exhausted; the bucket positions carry over
   between epochs as the official sampler's pointers do; the epoch length is the
@@ -39,16 +39,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ride_jax.data.augment import (Augment, augment_gather, get_augment, normalize,
                                    sample_params_host)
 from ride_jax.data.base import ArrayDataset
+from ride_jax.sharding import DATA_AXIS, chunk_sharding, data_mesh  # noqa: F401 (re-exported)
 
-DATA_AXIS = "data"
 SAMPLERS = ("shuffle", "balanced")
 REMAINDERS = ("partial", "drop")
-
-
-def data_mesh(devices: Any = None) -> Mesh:
-    """A 1-D mesh named ``'data'`` over ``devices`` (default: all devices)."""
-    devices = jax.devices() if devices is None else list(devices)
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
 def _seed_rng(*words: int) -> np.random.Generator:
@@ -288,7 +282,7 @@ class DeviceLoader:
 
     def chunk_sharding(self) -> NamedSharding:
         """Sharding of stacked batches ``[k, B, ...]`` (:meth:`epoch_calls`): B on ``'data'``."""
-        return NamedSharding(self.mesh, P(None, DATA_AXIS))
+        return chunk_sharding(self.mesh)
 
     def _chunk_fn(self, k: int):
         fns = self._arrays.setdefault("chunk_fns", {})
@@ -442,3 +436,83 @@ def make_loader(dataset: ArrayDataset, batch_size: int, *, eval_batch_size: int 
                         eval_batch_size=int(eval_batch_size), mesh=mesh,
                         augment=get_augment(augment), sampler=sampler, remainder=remainder,
                         seed=int(seed), dtype=dtype, _arrays=arrays)
+
+
+class StreamLoader:
+    """The loader of a streamed dataset (:class:`~ride_jax.data.streaming.StreamingDataset`,
+    tf.data): the same interface as :class:`DeviceLoader` for the trainer.
+
+    Epoch ``e`` is the first ``ceil(N / B)`` batches (the official epoch length) of a
+    fresh endless stream seeded with ``(seed, e)``, so epochs are reproducible and a
+    run resumes at any step (mid-epoch by reading past the batches already done). The
+    dataset's own official transforms augment; one train step per call.
+    """
+
+    def __init__(self, dataset, batch_size: int, eval_batch_size: int, mesh: Mesh, seed: int,
+                 sampler: str):
+        self.dataset, self.mesh, self.seed, self.sampler = dataset, mesh, seed, sampler
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.steps_per_epoch = dataset.steps_per_epoch(batch_size)
+
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P(DATA_AXIS))
+
+    def chunk_sharding(self) -> NamedSharding:
+        return chunk_sharding(self.mesh)
+
+    def train_batch_sizes(self) -> list[int]:
+        """Every step of an epoch takes a full batch (the stream never ends)."""
+        return [self.batch_size] * self.steps_per_epoch
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, jax.Array]]:
+        stream = self.dataset.train_iterator(
+            self.batch_size, seed=int(np.random.default_rng([self.seed, 7, epoch])
+                                      .integers(2 ** 31)),
+            mesh=self.mesh, sampler=self.sampler)
+        for step in range(self.steps_per_epoch):
+            batch = next(stream)
+            if step >= start:
+                yield batch
+
+    def epoch_calls(self, epoch: int, start: int = 0, steps_per_call: int = 1,
+                    stop: int | None = None) -> Iterator[tuple[int, dict[str, jax.Array]]]:
+        """``(1, batch)`` for each step of ``epoch`` from ``start`` (before ``stop``)."""
+        if check_steps_per_call(steps_per_call) != 1:
+            raise ValueError("a streamed dataset runs one train step per call")
+        end = self.steps_per_epoch if stop is None else min(int(stop), self.steps_per_epoch)
+        for step, batch in enumerate(self.epoch(epoch, start), start):
+            if step >= end:
+                return
+            yield 1, batch
+
+    def eval_batches(self):
+        return self.dataset.eval_iterator(self.eval_batch_size, mesh=self.mesh)
+
+
+def loader_from_config(dataset, config, mesh: Mesh | None = None, dtype: Any = jnp.float32):
+    """The loader of ``dataset`` with ``config.data``'s settings: a :class:`DeviceLoader`
+    for an in-memory :class:`ArrayDataset`, a :class:`StreamLoader` otherwise.
+
+    Raises:
+      ValueError: settings the loader cannot honour: ``steps_per_call != 1`` or
+        ``data.augment`` other than ``'none'`` on a streamed dataset (its own official
+        transforms augment it).
+    """
+    d, mesh = config.data, data_mesh() if mesh is None else mesh
+    if isinstance(dataset, ArrayDataset):
+        return make_loader(dataset, d.batch_size, eval_batch_size=d.eval_batch_size,
+                           mesh=mesh, augment=d.augment, sampler=d.sampler,
+                           remainder=d.remainder, seed=config.seed, dtype=dtype)
+    name = dataset.describe().get("name", type(dataset).__name__)
+    steps_per_call = check_steps_per_call(config.get("steps_per_call", 1))
+    if steps_per_call != 1:
+        raise ValueError(f"steps_per_call={steps_per_call}: scanning several train steps "
+                         "per call needs an in-memory dataset; streamed datasets "
+                         f"({name!r}) take steps_per_call=1")
+    if d.augment != "none":
+        raise ValueError(f"data.augment={d.augment!r} does not apply to the streamed "
+                         f"dataset {name!r}: its input pipeline runs the official "
+                         "transforms; set --config.data.augment=none")
+    return StreamLoader(dataset, d.batch_size, d.eval_batch_size, mesh, config.seed,
+                        d.sampler)

@@ -12,7 +12,7 @@ file keys, or a list of image files under a folder), the per-class training coun
 
   - ``'shuffle'``: every example once per epoch, reshuffled every epoch (file order
     shuffled, then a shuffle buffer);
-  - ``'balanced'``: the official class-balanced sampler (ride-spec.md §1.4, RIDE's
+  - ``'balanced'``: the official class-balanced sampler (RIDE data_loader/cifar_data_loaders.py, RIDE's
     router stage). Epoch e (0-indexed) is made of exactly the draws
     ``balanced_indices(labels, C, seed, e)`` (examples named by their position in the
     split's file order), the epoch length is the number of training examples, and
@@ -29,7 +29,8 @@ file keys, or a list of image files under a folder), the per-class training coun
 tf.data ships uint8 images; normalisation ``(x / 255 - mean) / std`` runs on the device
 (jitted).
 
-Official transforms (ride-spec.md §1.2, §1.3), torchvision semantics on PIL images:
+Official transforms (RIDE data_loader/imagenet_lt_data_loaders.py,
+data_loader/inaturalist_data_loaders.py), torchvision semantics on PIL images:
 
 * train: RandomResizedCrop(224) (scale (0.08, 1), ratio (3/4, 4/3), 10 attempts then
   the centre-crop fallback, bilinear) -> RandomHorizontalFlip(0.5) ->
