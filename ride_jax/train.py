@@ -264,7 +264,8 @@ def _check_resumable(workdir: str, cfg: dict, allow: bool) -> None:
     with open(path) as f:
         old = json.load(f)
 
-    mine, theirs = config_checks.flatten(cfg), config_checks.flatten(old)
+    mine = config_checks.flatten(cfg)
+    theirs = {**config_checks.ADDED_KEYS, **config_checks.flatten(old)}  # older runs
     diff = [k for k in sorted(set(mine) | set(theirs))
             if k.split(".")[0] not in RUNTIME_KEYS and mine.get(k) != theirs.get(k)]
     if diff:
