@@ -160,7 +160,7 @@ class Evaluator:
             write_json(os.path.join(self.workdir, "eval", f"epoch_{epoch:04d}.json"), summary)
             scalars = {k: summary[k] for k in SCALARS if summary.get(k) is not None}
             for k, v in (summary.get("posthoc_adjusted") or {}).items():
-                if k in SCALARS[:6] and v is not None:
+                if k in ("accuracy", "top5", "class_mean_accuracy") + GROUPS and v is not None:
                     scalars[f"posthoc_adjusted_{k}"] = v
             self.writer.scalars(step, scalars, "eval")
             write_json(self.path, self.results)

@@ -20,9 +20,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import sys
 import time
 from typing import Any
 
+import jax
+import numpy as np
 from absl import logging
 
 METRICS_FILE = "metrics.jsonl"
@@ -184,8 +187,6 @@ class TrainLog:
 
     def flush(self, step: int) -> None:
         """Fetch, check and write the pending metrics (``step``: steps done)."""
-        import jax      # noqa: PLC0415 - keep this module importable without jax
-        import numpy as np  # noqa: PLC0415
         if not self.pending:
             return
         got = jax.device_get([m for _, m, _ in self.pending])
@@ -223,7 +224,6 @@ class TrainLog:
                f"acc {mean['accuracy']:.3f} lr {mean['lr']:.4g} {rate:.2f} steps/s "
                f"ETA {eta / 60:.1f} min{eta_note}")
         if self.show_bar:
-            import sys  # noqa: PLC0415
             sys.stderr.write("\r" + msg[:150].ljust(150))
             sys.stderr.flush()
         logging.info(msg)

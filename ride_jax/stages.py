@@ -91,15 +91,19 @@ def _no_loss(config, class_counts):
     return loss_fn
 
 
+def _check_distill(stage: Stage, method, config) -> None:
+    if stage.loss == "distill" and method.distill_loss is None:
+        raise ValueError(f"stage {stage.name!r} needs a method with a distillation loss "
+                         f"(RIDE: official RIDELossWithDistill); loss.name is "
+                         f"{config.loss.name!r}")
+
+
 def make_loss(stage: Stage, method, config, class_counts):
     """The loss ``stage`` trains with: ``(outputs, labels, epoch) -> (loss, aux)``."""
     if stage.loss == "method":
         return method.make_loss(config, class_counts)
     if stage.loss == "distill":
-        if method.distill_loss is None:
-            raise ValueError(f"stage {stage.name!r} needs a method with a distillation "
-                             f"loss (RIDE: official RIDELossWithDistill); loss.name is "
-                             f"{config.loss.name!r}")
+        _check_distill(stage, method, config)
         return method.distill_loss(config, class_counts)
     if stage.loss == "router":
         return router_loss(config, class_counts)
@@ -121,10 +125,7 @@ def check(stage: Stage, method, config) -> None:
     if config.distill.teacher and not stage.teacher:
         raise ValueError(f"distill.teacher is only used by stage 'distill', not "
                          f"{stage.name!r}")
-    if stage.loss == "distill" and method.distill_loss is None:
-        raise ValueError(f"stage {stage.name!r} needs a method with a distillation loss "
-                         f"(RIDE: official RIDELossWithDistill); loss.name is "
-                         f"{config.loss.name!r}")
+    _check_distill(stage, method, config)
     if stage.router and config.model.num_experts < 2:
         raise ValueError(f"stage {stage.name!r} needs a model with >= 2 experts, this one "
                          f"has {config.model.num_experts}")

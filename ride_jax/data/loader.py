@@ -39,7 +39,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ride_jax.data.augment import (Augment, augment_gather, get_augment, normalize,
                                    sample_params_host)
 from ride_jax.data.base import ArrayDataset
-from ride_jax.sharding import DATA_AXIS, chunk_sharding, data_mesh  # noqa: F401 (re-exported)
+from ride_jax.sharding import (DATA_AXIS, batch_sharding, chunk_sharding,  # noqa: F401
+                               data_mesh)
 
 SAMPLERS = ("shuffle", "balanced")
 REMAINDERS = ("partial", "drop")
@@ -197,7 +198,7 @@ class DeviceLoader:
 
     @property
     def batch_sharding(self) -> NamedSharding:
-        return NamedSharding(self.mesh, P(DATA_AXIS))
+        return batch_sharding(self.mesh)
 
     @property
     def num_train(self) -> int:
@@ -456,7 +457,7 @@ class StreamLoader:
 
     @property
     def batch_sharding(self) -> NamedSharding:
-        return NamedSharding(self.mesh, P(DATA_AXIS))
+        return batch_sharding(self.mesh)
 
     def chunk_sharding(self) -> NamedSharding:
         return chunk_sharding(self.mesh)

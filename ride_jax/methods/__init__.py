@@ -11,6 +11,7 @@ Each module defines ``METHOD``, a :class:`Method`. Adding one: a new file and a 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Any
 
@@ -66,10 +67,9 @@ def get(name: str) -> Method:
             raise ValueError(f"{where}: {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     if isinstance(obj, Method):
-        return Method(**{**obj.__dict__, "name": name,
-                         "make_loss": _checked_factory(obj.make_loss, where),
-                         "distill_loss": obj.distill_loss and _checked_factory(
-                             obj.distill_loss, where)})
+        return dataclasses.replace(
+            obj, name=name, make_loss=_checked_factory(obj.make_loss, where),
+            distill_loss=obj.distill_loss and _checked_factory(obj.distill_loss, where))
     if not callable(obj):
         kind = type(obj).__name__
         raise ValueError(f"{where}: {attr!r} (a{'n' if kind[0] in 'aeiou' else ''} {kind}) "

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ride_jax import losses
-from ride_jax.methods.base import Method, Recipe
+from ride_jax.methods.base import Method, Recipe, logits_loss
 from ride_jax.methods.ldam_drw import single_model_preset
 
 
@@ -22,11 +22,8 @@ def make_loss(config, class_counts):
         raise ValueError(f"loss.name='balanced_softmax' needs every class in the training "
                          f"set (log of the counts); classes {empty} have none")
     counts = jnp.asarray(counts, jnp.float32)
-
-    def loss_fn(outputs, labels, epoch):
-        return losses.balanced_softmax_loss(outputs["logits"].astype(jnp.float32), labels,
-                                            counts), {}
-    return loss_fn
+    return logits_loss(lambda logits, labels: losses.balanced_softmax_loss(logits, labels,
+                                                                           counts))
 
 
 def preset(config, recipe: Recipe) -> None:

@@ -105,6 +105,14 @@ class Method:
     describe: Callable[[ml_collections.ConfigDict], str] | None = None
 
 
+def logits_loss(fn: Callable[[jax.Array, jax.Array], jax.Array]) -> LossFn:
+    """The loss_fn of a single-head loss ``fn(logits [B, C] float32, labels [B]) ->
+    scalar`` of ``outputs['logits']``, without aux (CE, focal, the prior-corrected ones)."""
+    def loss_fn(outputs, labels, epoch):
+        return fn(outputs["logits"].astype(jnp.float32), labels), {}
+    return loss_fn
+
+
 def checked(loss_fn: LossFn, what: str) -> LossFn:
     """``loss_fn`` whose result is checked when it is traced: a wrong return is a
     ``TypeError`` naming ``what`` (the method) and what was expected."""

@@ -3,17 +3,13 @@ single-model recipe, :func:`ride_jax.methods.ldam_drw.single_model_preset`)."""
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from ride_jax import losses
-from ride_jax.methods.base import Method, Recipe
+from ride_jax.methods.base import Method, Recipe, logits_loss
 from ride_jax.methods.ldam_drw import single_model_preset
 
 
 def make_loss(config, class_counts):
-    def loss_fn(outputs, labels, epoch):
-        return losses.cross_entropy(outputs["logits"].astype(jnp.float32), labels), {}
-    return loss_fn
+    return logits_loss(losses.cross_entropy)
 
 
 def preset(config, recipe: Recipe) -> None:

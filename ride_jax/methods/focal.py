@@ -3,19 +3,14 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from ride_jax import losses
-from ride_jax.methods.base import Method, Recipe
+from ride_jax.methods.base import Method, Recipe, logits_loss
 from ride_jax.methods.ldam_drw import single_model_preset
 
 
 def make_loss(config, class_counts):
     gamma = config.loss.focal_gamma
-
-    def loss_fn(outputs, labels, epoch):
-        return losses.focal_loss(outputs["logits"].astype(jnp.float32), labels, gamma), {}
-    return loss_fn
+    return logits_loss(lambda logits, labels: losses.focal_loss(logits, labels, gamma))
 
 
 def preset(config, recipe: Recipe) -> None:

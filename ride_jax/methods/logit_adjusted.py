@@ -12,18 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from ride_jax import losses
-from ride_jax.methods.base import Method, Recipe
+from ride_jax.methods.base import Method, Recipe, logits_loss
 from ride_jax.methods.ldam_drw import single_model_preset
 
 
 def make_loss(config, class_counts):
     counts = jnp.asarray(np.asarray(class_counts), jnp.float32)
     tau = float(config.loss.logit_adjust_tau)
-
-    def loss_fn(outputs, labels, epoch):
-        return losses.logit_adjusted_loss(outputs["logits"].astype(jnp.float32), labels,
-                                          counts, tau=tau), {}
-    return loss_fn
+    return logits_loss(lambda logits, labels: losses.logit_adjusted_loss(logits, labels,
+                                                                         counts, tau=tau))
 
 
 def preset(config, recipe: Recipe) -> None:
