@@ -47,7 +47,10 @@ def _tiny_parameters(name: str, tmp_path, stage1=None) -> str:
         ])
     if name == "02_composing_losses.ipynb":
         return "\n".join(["NUM_CLASSES = 10", "IMG_MAX = 500", "RATIO = 100.0",
-                          "NUM_EXPERTS = 2", "BATCH = 16", "SEED = 1"])
+                          "NUM_EXPERTS = 2", "BATCH = 16", "SEED = 1",
+                          'TRAIN_DATASET = "synthetic_lt"', f"TRAIN_ARGS = {TINY_ARGS}",
+                          f"TRAIN_OVERRIDES = {TINY_RUN}",
+                          f"TRAIN_WORKDIR = {str(tmp_path / 'own_loss')!r}"])
     if name == "03_analysis.ipynb":
         return "\n".join([
             f"RECIPE_ARGS = {TINY_ARGS}",
@@ -171,6 +174,19 @@ def test_composing_losses_runs(tmp_path):
     assert m and m.group(1) == m.group(2), out
     assert re.search(r"lambda -0\.45: RIDE loss [\d.]+", out)
     assert _png_outputs(nb) >= 2
+    # Section 5: the notebook's own loss trained through train_and_evaluate, its aux
+    # terms logged; the loss is 0.9 x ride + 0.1 x smoothing, as the notebook defines it.
+    assert "loss __main__:make_loss" in out
+    assert "finished at step 4" in out
+    config = json.loads((tmp_path / "own_loss" / "config.json").read_text())
+    assert config["loss"]["name"] == "__main__:make_loss" and config["epochs"] == 1
+    rows = [json.loads(line) for line in (tmp_path / "own_loss" / "metrics.jsonl")
+            .read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    assert train and all(r["smoothing"] > 0 for r in train)
+    for r in train:
+        assert r["loss"] == pytest.approx(0.9 * r["ride"] + 0.1 * r["smoothing"], rel=1e-5)
+    assert len(re.findall(r"step +\d+: loss [\d.]+ = 0\.9 \* ride", out)) == len(train)
 
 
 def test_analysis_runs(quickstart, tmp_path):
