@@ -11,6 +11,7 @@ builder's arguments (:func:`ride_jax.data.registry.load_dataset` lists them).
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Mapping
 
@@ -142,6 +143,13 @@ ADDED_KEYS = {"loss.logit_adjust_tau": 1.0, "eval.logit_adjust_tau": 0.0,
               "init_from_checkpoint": "latest", "distill.teacher_checkpoint": "latest"}
 
 
+# Keys that do not change the trajectory of a run: a resumed run may change them.
+RUNTIME_KEYS = ("max_steps", "resume_with_different_config", "log_every_steps",
+                "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints",
+                "distributed", "cpu_convolutions", "cpu_fusion_barriers", "steps_per_call",
+                "eval")
+
+
 def sections(keys=RULES) -> dict[str, list[str]]:
     """``{'': top-level keys, 'optim': its keys, ...}`` of the dotted ``keys``."""
     out: dict[str, list[str]] = {}
@@ -260,3 +268,23 @@ def check_config(config: Any) -> None:
     if flat["dataset.cache"] and not os.path.isfile(flat["dataset.cache"]):
         raise ValueError(f"dataset.cache={flat['dataset.cache']!r} is invalid: expected an "
                          "existing .npz file (python -m ride_jax.data.prepare writes one)")
+
+
+def check_resumable(workdir: str, cfg: dict, allow: bool) -> None:
+    """Refuse a workdir whose ``config.json`` differs from ``cfg`` in a trajectory key;
+    the message names each differing key with both values."""
+    path = os.path.join(workdir, "config.json")
+    if allow or not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+
+    mine = flatten(cfg)
+    theirs = {**ADDED_KEYS, **flatten(old)}  # older runs
+    diff = [k for k in sorted(set(mine) | set(theirs))
+            if k.split(".")[0] not in RUNTIME_KEYS and mine.get(k) != theirs.get(k)]
+    if diff:
+        detail = ", ".join(f"{k}={theirs.get(k)!r} there but {mine.get(k)!r} here"
+                           for k in diff[:4]) + (", ..." if len(diff) > 4 else "")
+        raise ValueError(f"{workdir!r} holds a run with a different config ({detail}); use "
+                         "another --workdir, or --config.resume_with_different_config=True")

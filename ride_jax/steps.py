@@ -24,6 +24,24 @@ def create_state(model, tx, rng: jax.Array, sample_images: jax.Array) -> dict[st
             "rng": rng}
 
 
+def init_state(model, tx, sample, stage, router, rng, loaded) -> dict[str, Any]:
+    """The initial state of ``stage`` (a :class:`~ride_jax.stages.Stage`): fresh, or
+    from a finished run's variables (``loaded``) with the stage's fresh heads and a new
+    router (``router``, or None) where it needs them. ``sample``: ``[1, H, W, C]``."""
+    if loaded is None:
+        return create_state(model, tx, rng, sample)
+    init_rng, rng = jax.random.split(rng)
+    params = dict(loaded["params"])
+    if stage.fresh_heads:      # cRT: fresh classifier heads on the trained features
+        fresh = model.init(init_rng, sample)["params"]
+        params = put_params(params, take_params(fresh, stage.trainable), stage.trainable)
+    if router is not None and "router" not in params:
+        params["router"] = router.init_params(jax.random.fold_in(init_rng, 1))
+    return {"params": params, "batch_stats": loaded["batch_stats"],
+            "opt_state": tx.init(take_params(params, stage.trainable)),
+            "step": jnp.zeros((), jnp.int32), "rng": rng}
+
+
 def take_params(params: dict, paths) -> dict:
     """The trainable part of ``params``: all of it (``paths=None``) or ``{'a/b': subtree}``."""
     if paths is None:

@@ -51,15 +51,10 @@ from ride_jax.evaluation import make_eval_step  # noqa: F401
 from ride_jax.networks import DTYPES, MODEL_DEFAULTS, MODEL_KEYS  # noqa: F401
 from ride_jax.networks import fusion_barriers as _fusion_barriers  # noqa: F401
 from ride_jax.networks import model_from_config as _model_from  # noqa: F401
-from ride_jax.steps import (create_state, make_forward, make_multi_step,  # noqa: F401
-                            make_train_step, put_params, scan_unroll, take_params)
-
-# Keys that do not change the trajectory of a run: a resumed run may change them.
-RUNTIME_KEYS = ("max_steps", "resume_with_different_config", "log_every_steps",
-                "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints",
-                "distributed", "cpu_convolutions", "cpu_fusion_barriers", "steps_per_call",
-                "eval")
-
+from ride_jax.config_checks import RUNTIME_KEYS  # noqa: F401
+from ride_jax.steps import (create_state, init_state, make_forward,  # noqa: F401
+                            make_multi_step, make_train_step, put_params, scan_unroll,
+                            take_params)
 
 def build_dataset(config: ml_collections.ConfigDict):
     """The dataset named by ``config.dataset`` (or its prepared cache)."""
@@ -79,23 +74,6 @@ def make_loss_fn(loss_cfg: ml_collections.ConfigDict, train_counts: Any, scale: 
         "distill": distill if distill is not None else {}})
     return stages.make_loss(stages.get(stage), methods.get(loss_cfg.name), config,
                             train_counts)
-
-
-def _init_state(model, tx, sample, stage: stages.Stage, router, rng, loaded):
-    """The initial state: fresh, or from a finished run's variables (``loaded``) with
-    the stage's fresh heads and a new router where it needs them."""
-    if loaded is None:
-        return create_state(model, tx, rng, sample)
-    init_rng, rng = jax.random.split(rng)
-    params = dict(loaded["params"])
-    if stage.fresh_heads:      # cRT: fresh classifier heads on the trained features
-        fresh = model.init(init_rng, sample)["params"]
-        params = put_params(params, take_params(fresh, stage.trainable), stage.trainable)
-    if router is not None and "router" not in params:
-        params["router"] = router.init_params(jax.random.fold_in(init_rng, 1))
-    return {"params": params, "batch_stats": loaded["batch_stats"],
-            "opt_state": tx.init(take_params(params, stage.trainable)),
-            "step": jnp.zeros((), jnp.int32), "rng": rng}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -127,7 +105,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     workdir = check_workdir(workdir)
     is_main = jax.process_index() == 0
     cfg = json.loads(config.to_json())      # JSON-able: written, saved, compared
-    _check_resumable(workdir, cfg, config.resume_with_different_config)
+    config_checks.check_resumable(workdir, cfg, config.resume_with_different_config)
     stage, method = stages.get(config.stage), methods.get(config.loss.name)
     stages.check(stage, method, config)
 
@@ -148,23 +126,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     model = networks.model_from_config(config.model, dataset.num_classes, barriers)
     sample = jnp.zeros((1,) + dataset.image_shape, jnp.float32)
 
-    loaded = None
-    if stage.from_init:
-        init_cfg, loaded, init_info = load_run(config.init_from, config.init_from_checkpoint)
-        what = f"init_from {config.init_from!r}"
-        networks.check_same_model(config, init_cfg, what)
-        networks.check_same_data(described, init_info, what)
-    router = None
-    if stage.router or (loaded is not None and "router" in loaded["params"]):
-        router = make_router(model, dataset.image_shape, top_k=config.router.top_k,
-                             hidden=config.router.hidden)
-    teacher, consts = None, None
-    if stage.teacher:
-        t_cfg, t_vars, t_info = load_run(config.distill.teacher,
-                                         config.distill.teacher_checkpoint)
-        networks.check_same_data(described, t_info, f"teacher {config.distill.teacher!r}")
-        teacher = networks.model_from_config(t_cfg["model"], dataset.num_classes, barriers)
-        consts = {"teacher": jax.device_put(t_vars, repl)}
+    loaded, router, teacher, consts = _sources(config, stage, model, dataset, described,
+                                               barriers, repl)
 
     schedule = optim.schedule_from_config(config.optim, spe, config.epochs)
     tx = optim.optimizer_from_config(config.optim, schedule)
@@ -174,7 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     step_fn = make_train_step(model, tx, stages.make_loss(stage, method, config, train_counts),
                               schedule, spe, forward=forward, trainable=stage.trainable)
     jit = functools.partial(jax.jit, compiler_options=xla_options)
-    init = jax.jit(functools.partial(_init_state, model, tx, sample, stage, router),
+    init = jax.jit(functools.partial(init_state, model, tx, sample, stage, router),
                    out_shardings=repl)
     train_step = jit(step_fn, in_shardings=(repl, batch_sh, repl),
                      out_shardings=(repl, repl), donate_argnums=0)
@@ -206,26 +169,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with (lock or contextlib.nullcontext()), stop:
         if lock is not None:
             stop.at_forced_exit(lock.release)
-        _check_resumable(workdir, cfg, config.resume_with_different_config)  # locked now
+        config_checks.check_resumable(workdir, cfg, config.resume_with_different_config)  # locked now
         if is_main:
-            os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-            evaluation.write_json(os.path.join(workdir, "config.json"), cfg)
-            evaluation.write_json(os.path.join(workdir, "dataset.json"), described)
-            if getattr(dataset, "selected", None) is not None:
-                np.save(os.path.join(workdir, "selected_indices.npy"), dataset.selected)
+            _write_run_files(workdir, cfg, described, dataset)
         ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
         writer = None
         try:
-            found = ckpt.restore_intact(abstract_like(abstract, repl))
-            if found is not None:
-                state, _, step = found
-                stop.last_saved = step
-                logging.info("resumed from step %d in %s", step, ckpt.directory)
-            else:
-                state, step = init(rng, loaded), 0
-                n = sum(x.size for x in jax.tree.leaves(take_params(state["params"],
-                                                                    stage.trainable)))
-                logging.info("%s trainable parameters", f"{n:,}")
+            state, step, found = _restore_or_init(ckpt, abstract, repl, init, rng, loaded,
+                                                  stage, stop)
             # Rows after the checkpoint (written before a kill) are redone: drop them.
             writer = MetricWriter(workdir, is_main, resume_step=step if found else -1)
             stop.at_forced_exit(writer.close)
@@ -244,6 +195,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 writer.close()
 
 
+def _sources(config, stage: stages.Stage, model, dataset, described, barriers, repl):
+    """What the stage starts from, loaded and checked against this run: ``(loaded
+    variables of init_from or None, router or None, teacher network or None, the
+    step's constants: {'teacher': its variables} or None)``."""
+    loaded = router = teacher = consts = None
+    if stage.from_init:
+        init_cfg, loaded, init_info = load_run(config.init_from, config.init_from_checkpoint)
+        what = f"init_from {config.init_from!r}"
+        networks.check_same_model(config, init_cfg, what)
+        networks.check_same_data(described, init_info, what)
+    if stage.router or (loaded is not None and "router" in loaded["params"]):
+        router = make_router(model, dataset.image_shape, top_k=config.router.top_k,
+                             hidden=config.router.hidden)
+    if stage.teacher:
+        t_cfg, t_vars, t_info = load_run(config.distill.teacher,
+                                         config.distill.teacher_checkpoint)
+        networks.check_same_data(described, t_info, f"teacher {config.distill.teacher!r}")
+        teacher = networks.model_from_config(t_cfg["model"], dataset.num_classes, barriers)
+        consts = {"teacher": jax.device_put(t_vars, repl)}
+    return loaded, router, teacher, consts
+
+
+def _write_run_files(workdir: str, cfg: dict, described: dict, dataset) -> None:
+    """The run's description: ``config.json``, ``dataset.json`` and the selected
+    subset's indices (``selected_indices.npy``) where the dataset has one."""
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    evaluation.write_json(os.path.join(workdir, "config.json"), cfg)
+    evaluation.write_json(os.path.join(workdir, "dataset.json"), described)
+    if getattr(dataset, "selected", None) is not None:
+        np.save(os.path.join(workdir, "selected_indices.npy"), dataset.selected)
+
+
+def _restore_or_init(ckpt, abstract, repl, init, rng, loaded, stage: stages.Stage,
+                     stop: GracefulStop):
+    """``(state, step, resumed)``: the newest intact checkpoint, or a new state."""
+    found = ckpt.restore_intact(abstract_like(abstract, repl))
+    if found is not None:
+        state, _, step = found
+        stop.last_saved = step
+        logging.info("resumed from step %d in %s", step, ckpt.directory)
+        return state, step, True
+    state = init(rng, loaded)
+    n = sum(x.size for x in jax.tree.leaves(take_params(state["params"], stage.trainable)))
+    logging.info("%s trainable parameters", f"{n:,}")
+    return state, 0, False
+
+
 def _eval_due(config, epoch: int) -> bool:
     return epoch == config.epochs or (epoch > 0 and epoch % config.eval_every_epochs == 0)
 
@@ -253,26 +251,6 @@ def _evals_between(config, step: int, end: int, spe: int) -> list[int]:
     ``step`` itself included: it comes after the step) up to step ``end``."""
     return [e for e in range(max(1, -(-step // spe)), config.epochs + 1)
             if _eval_due(config, e) and e * spe <= end]
-
-
-def _check_resumable(workdir: str, cfg: dict, allow: bool) -> None:
-    """Refuse a workdir whose ``config.json`` differs from ``cfg`` in a trajectory key;
-    the message names each differing key with both values."""
-    path = os.path.join(workdir, "config.json")
-    if allow or not os.path.exists(path):
-        return
-    with open(path) as f:
-        old = json.load(f)
-
-    mine = config_checks.flatten(cfg)
-    theirs = {**config_checks.ADDED_KEYS, **config_checks.flatten(old)}  # older runs
-    diff = [k for k in sorted(set(mine) | set(theirs))
-            if k.split(".")[0] not in RUNTIME_KEYS and mine.get(k) != theirs.get(k)]
-    if diff:
-        detail = ", ".join(f"{k}={theirs.get(k)!r} there but {mine.get(k)!r} here"
-                           for k in diff[:4]) + (", ..." if len(diff) > 4 else "")
-        raise ValueError(f"{workdir!r} holds a run with a different config ({detail}); use "
-                         "another --workdir, or --config.resume_with_different_config=True")
 
 
 def _train_loop(config, cfg, state, step, loader, train_steps, eval_step, consts, ckpt,
