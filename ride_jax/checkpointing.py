@@ -40,6 +40,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from absl import logging
 
 from ride_jax.config_checks import check_value
@@ -275,7 +276,7 @@ class Checkpointer:
         damaged = []
         for step in sorted(self.all_steps(), reverse=True):
             try:
-                args = (ocp.args.StandardRestore() if abstract_state is None else
+                args = (self.as_saved(step) if abstract_state is None else
                         ocp.args.StandardRestore(abstract_state))
                 state, config = self._restore(step, args)
             except Exception as e:   # noqa: BLE001 - any failure to read back is damage
@@ -314,7 +315,19 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory!r}")
-        return self._restore(step, ocp.args.StandardRestore())
+        return self._restore(step, self.as_saved(step))
+
+    def as_saved(self, step: int):
+        """Restore arguments that read ``step``'s arrays as saved, whole, on this
+        process's first device, whatever the devices and processes that wrote them (a
+        target-less restore refuses another topology)."""
+        meta = ocp.StandardCheckpointHandler().metadata(
+            epath.Path(self.directory) / str(step) / "state")
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
+                                                             sharding=device),
+                              getattr(meta, "tree", meta))
+        return ocp.args.StandardRestore(target)
 
     def wait(self) -> None:
         """Block until pending saves are on disk (their errors surface here)."""
@@ -417,7 +430,7 @@ def _load(ckpt: Checkpointer, which: str | int) -> tuple[Any, dict, int] | None:
                              f"available steps are {steps}")
         step, what = which, f"checkpoint step {which}"
     try:
-        state, config = ckpt._restore(step, ocp.args.StandardRestore())
+        state, config = ckpt._restore(step, ckpt.as_saved(step))
     except Exception as e:   # noqa: BLE001 - any failure to read back is damage
         raise NoIntactCheckpoint(f"{what} in {ckpt.directory} is damaged ("
                                  f"{type(e).__name__}: {_one_line(e)}); use 'latest' or "
