@@ -14,6 +14,15 @@ initial state, e.g. while compiling before the first step), the watchdog runs th
 With unsaved progress it waits for the main thread, whose next poll saves. A second
 signal while the first is pending exits at once (status 130) without saving:
 ``stop.last_saved`` names the checkpoint that stays.
+
+Several processes (``synchronized=True``, under ``jax.distributed``): every process
+must stop at the same step, whichever of them got the signal. SIGTERM is then left to
+JAX's preemption notifier (the coordination service tells every process), a Ctrl-C is
+turned into a SIGTERM to the process itself, and :meth:`GracefulStop.poll`, called
+after every train step with the run's call count, turns true on every process at the
+same call (``multihost_utils.reached_preemption_sync_point``: the largest call any
+process has reached, plus one). The watchdog is not used: a process may not leave
+while the others wait for it in a collective.
 """
 
 from __future__ import annotations
@@ -32,8 +41,9 @@ _NUMBERS = frozenset(int(s) for s in SIGNALS)
 class GracefulStop:
     """See the module docstring. ``grace``: seconds the main thread gets to reach a poll."""
 
-    def __init__(self, grace: float = 2.0):
+    def __init__(self, grace: float = 2.0, synchronized: bool = False):
         self.grace = grace
+        self.synchronized = synchronized
         self._at_exit: list[Callable[[], None]] = []
         self.signum: int | None = None
         self.clean = True            # nothing trained since the last save / the start
@@ -50,6 +60,15 @@ class GracefulStop:
         """Whether a stop was requested (the trainer then saves and returns)."""
         return self.signum is not None
 
+    def poll(self, call: int) -> bool:
+        """Whether to stop after train call ``call`` (0, 1, ... in this run). Several
+        processes: true on all of them at the same call (see the module docstring)."""
+        if self.synchronized and self.signum is None:
+            from jax.experimental import multihost_utils
+            if multihost_utils.reached_preemption_sync_point(call):
+                self.signum = int(signal.SIGTERM)
+        return self.requested
+
     def at_forced_exit(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` (flush a log, release a lock) before a watchdog exit, newest first."""
         self._at_exit.append(fn)
@@ -61,6 +80,10 @@ class GracefulStop:
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is not threading.main_thread():
             return self                  # handlers can only be set in the main thread
+        if self.synchronized:            # SIGTERM: JAX's preemption notifier
+            self._old[signal.SIGINT] = signal.signal(
+                signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+            return self
         for sig in SIGNALS:
             self._old[sig] = signal.signal(sig, self._handle)
         r, w = os.pipe()
@@ -126,6 +149,8 @@ class GracefulStop:
     def __exit__(self, *exc) -> None:
         self.acknowledged = True         # the main thread is past every poll: stand down
         if self._pipe is None:
+            for sig, old in self._old.items():
+                signal.signal(sig, old)
             return
         if self._old_wakeup is not None:
             signal.set_wakeup_fd(self._old_wakeup)

@@ -17,6 +17,7 @@ non-finite loss or state (the last good checkpoint is named); 130 a second Ctrl-
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from absl import app, flags, logging
@@ -102,6 +103,18 @@ def parse_flags(argv: list[str]) -> list[str]:
         _user_error(str(e).strip().splitlines()[0] if str(e).strip() else repr(e))
 
 
+def distributed_args(env) -> dict:
+    """``jax.distributed.initialize``'s arguments: the process id and count that
+    ``python -m ride_jax.launch`` sets (``RIDE_JAX_PROCESS_ID``,
+    ``RIDE_JAX_NUM_PROCESSES``; JAX itself reads ``JAX_COORDINATOR_ADDRESS``), or none:
+    JAX then detects SLURM, Open MPI or Cloud TPU."""
+    from ride_jax.launch import NUM_PROCESSES_ENV, PROCESS_ID_ENV
+    if PROCESS_ID_ENV not in env:
+        return {}
+    return {"process_id": int(env[PROCESS_ID_ENV]),
+            "num_processes": int(env[NUM_PROCESSES_ENV])}
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         _user_error(f"unexpected arguments: {argv[1:]} (options are --config=..., "
@@ -117,7 +130,17 @@ def main(argv: list[str]) -> int:
         _user_error(str(e))
     import jax  # after flag parsing, so --help is fast
     if config.distributed:
-        jax.distributed.initialize()
+        joining = distributed_args(os.environ)
+        if joining.get("process_id", 0) > 0:
+            logging.set_verbosity(logging.WARNING)     # as below, from the start
+        try:
+            jax.distributed.initialize(**joining)
+        except (ValueError, RuntimeError) as e:
+            _user_error(f"--config.distributed=True: jax.distributed could not start "
+                        f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})")
+    main_process = jax.process_index() == 0
+    if not main_process:     # one log: the first process's (errors still show)
+        logging.set_verbosity(logging.WARNING)
     from ride_jax.train import train_and_evaluate
     logging.info("%s", configlib.summary(config, workdir))
     try:
@@ -131,8 +154,9 @@ def main(argv: list[str]) -> int:
     last = result["last"] or {}
     summary = {k: last.get(k) for k in ("accuracy", "many", "medium", "few")
                if last.get(k) is not None}
-    print(f"{result['status']} at step {result['step']}; last evaluation: {json.dumps(summary)}"
-          f"; results in {workdir}/results.json")
+    if main_process:
+        print(f"{result['status']} at step {result['step']}; last evaluation: "
+              f"{json.dumps(summary)}; results in {workdir}/results.json")
     return 0
 
 

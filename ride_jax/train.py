@@ -165,7 +165,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     # Everything is checked: from here on the run writes to its workdir.
     lock = WorkdirLock(workdir) if is_main else None
-    stop = GracefulStop()      # SIGTERM / Ctrl-C from here on: see ride_jax.interrupt
+    # SIGTERM / Ctrl-C from here on (every process at the same step): ride_jax.interrupt
+    stop = GracefulStop(synchronized=jax.process_count() > 1)
     with (lock or contextlib.nullcontext()), stop:
         if lock is not None:
             stop.at_forced_exit(lock.release)
@@ -288,8 +289,10 @@ def _train_loop(config, cfg, state, step, loader, train_steps, eval_step, consts
         stop.last_saved = step
         log.exclude(time.perf_counter() - t0)
 
+    done_calls = 0      # train calls of this run so far: the same on every process
+
     def should_stop() -> bool:
-        return stop.requested or bool(config.max_steps and step >= config.max_steps)
+        return stop.poll(done_calls) or bool(config.max_steps and step >= config.max_steps)
 
     with jax.set_mesh(loader.mesh):
         try:
@@ -319,6 +322,7 @@ def _train_loop(config, cfg, state, step, loader, train_steps, eval_step, consts
                     stop=config.max_steps - epoch0 * spe if config.max_steps else None)
                 for k, batch in calls:
                     state, m = (multi_step if k > 1 else train_step)(state, batch, consts)
+                    done_calls += 1
                     stop.clean = False
                     due = log.add(step, m, k)
                     step += k
