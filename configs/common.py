@@ -27,6 +27,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.data.augment = "ride"          # ride (crop, flip, rotation 15) | ldam | none
     c.data.sampler = "shuffle"       # shuffle | balanced
     c.data.remainder = "partial"     # partial (official drop_last=False) | drop
+    c.data.workers = 0               # image-file datasets: grain worker processes per
+    #                                  process (0: reader threads in the process)
 
     c.model = ml_collections.ConfigDict()
     c.model.arch = "resnet32"

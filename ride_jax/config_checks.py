@@ -60,6 +60,7 @@ RULES: dict[str, tuple] = {
     "data.augment": _choice(sorted(AUGMENTATIONS)),
     "data.sampler": _choice(SAMPLERS),
     "data.remainder": _choice(REMAINDERS),
+    "data.workers": _int(0, 1024),
     "model.arch": _choice(ARCHS),
     "model.num_experts": _int(1),
     "model.reduce_dimension": _BOOL,
@@ -139,15 +140,16 @@ _NOTES = {
 
 # Keys added after the first runs, with the value that reproduces those runs: a run
 # whose config.json lacks one resumes as if it held this value.
-ADDED_KEYS = {"loss.logit_adjust_tau": 1.0, "eval.logit_adjust_tau": 0.0,
+ADDED_KEYS = {"data.workers": 0, "loss.logit_adjust_tau": 1.0, "eval.logit_adjust_tau": 0.0,
               "init_from_checkpoint": "latest", "distill.teacher_checkpoint": "latest"}
 
 
-# Keys that do not change the trajectory of a run: a resumed run may change them.
+# Keys (or whole sections) that do not change the trajectory of a run: a resumed run
+# may change them.
 RUNTIME_KEYS = ("max_steps", "resume_with_different_config", "log_every_steps",
                 "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints",
                 "distributed", "cpu_convolutions", "cpu_fusion_barriers", "steps_per_call",
-                "eval")
+                "eval", "data.workers")
 
 
 def sections(keys=RULES) -> dict[str, list[str]]:
@@ -282,7 +284,8 @@ def check_resumable(workdir: str, cfg: dict, allow: bool) -> None:
     mine = flatten(cfg)
     theirs = {**ADDED_KEYS, **flatten(old)}  # older runs
     diff = [k for k in sorted(set(mine) | set(theirs))
-            if k.split(".")[0] not in RUNTIME_KEYS and mine.get(k) != theirs.get(k)]
+            if k.split(".")[0] not in RUNTIME_KEYS and k not in RUNTIME_KEYS
+            and mine.get(k) != theirs.get(k)]
     if diff:
         detail = ", ".join(f"{k}={theirs.get(k)!r} there but {mine.get(k)!r} here"
                            for k in diff[:4]) + (", ..." if len(diff) > 4 else "")

@@ -157,8 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if methods.is_plugin(config.loss.name) and config.epochs:
         # Trace your method's loss now: a wrong output key or return value is an error
         # before anything is written.
-        _, first = next(loader.epoch_calls(0))
-        train_step.eval_shape(abstract, first, consts)
+        train_step.eval_shape(abstract, loader.batch_spec(loader.batch_size), consts)
     macs = None
     if router is not None:
         macs = (flops.model_macs(model, image_shape=dataset.image_shape), router.macs)
@@ -374,22 +373,18 @@ def _precompile(config, loader, step: int, state, consts, train_step,
         end = min(end, config.max_steps)
     sizes = loader.train_batch_sizes()
     if step < end and sizes:
-        kind, first = next(loader.epoch_calls(0, steps_per_call=steps_per_call))
-        lead = 1 if kind > 1 else 0         # a scanned chunk is [k, B, ...]
-
-        def single(x, size):                 # the abstract batch of ``size`` examples
-            return jax.ShapeDtypeStruct((size,) + x.shape[lead + 1:], x.dtype,
-                                        sharding=loader.batch_sharding)
-
+        # Abstract batches (nothing is read: a resumed run reads no batch before its own).
         full = sum(1 for size in sizes if size == loader.batch_size)
-        if kind > 1:
-            multi_step.lower(state, first, consts).compile()
-        if full and (kind == 1 or full % (steps_per_call or full)):
-            train_step.lower(state, jax.tree.map(lambda x: single(x, loader.batch_size), first),
-                             consts).compile()
+        k = steps_per_call or full
+        if 1 < k <= full:            # scanned chunks [k, B, ...] of the full batches
+            chunk = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+                (k,) + x.shape, x.dtype, sharding=loader.chunk_sharding()),
+                loader.batch_spec(loader.batch_size))
+            multi_step.lower(state, chunk, consts).compile()
+        if full and (k <= 1 or k > full or full % k):
+            train_step.lower(state, loader.batch_spec(loader.batch_size), consts).compile()
         if sizes[-1] != loader.batch_size and (step // spe + 1) * spe <= end:
-            train_step.lower(state, jax.tree.map(lambda x: single(x, sizes[-1]), first),
-                             consts).compile()
+            train_step.lower(state, loader.batch_spec(sizes[-1]), consts).compile()
     if config.epochs == 0 or _evals_between(config, step, end, spe):
         batch = next(iter(loader.eval_batches()), None)
         if batch is not None:

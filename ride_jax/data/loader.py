@@ -162,6 +162,16 @@ def check_steps_per_call(steps_per_call: Any) -> int:
     return int(steps_per_call)
 
 
+def batch_spec(image_shape, dtype, size: int, sharding) -> dict[str, jax.ShapeDtypeStruct]:
+    """``{'image': [size, *image_shape] dtype, 'label': [size] int32}`` as abstract arrays
+    with ``sharding``: a loader's training batch, for compiling without reading one
+    (``dtype`` None: float32, as :func:`~ride_jax.data.augment.normalize` makes it)."""
+    dtype = jnp.float32 if dtype is None else dtype
+    return {"image": jax.ShapeDtypeStruct((int(size),) + tuple(image_shape), dtype,
+                                          sharding=sharding),
+            "label": jax.ShapeDtypeStruct((int(size),), jnp.int32, sharding=sharding)}
+
+
 _train_batch = jax.jit(train_batch, static_argnames=("aug", "dtype"))
 _plan_batch = jax.jit(plan_batch, static_argnames=("aug", "dtype"))
 
@@ -219,6 +229,11 @@ class DeviceLoader:
     def train_batch_sizes(self) -> list[int]:
         """The global batch size of every train step of an epoch (the last may be smaller)."""
         return self._batch_sizes()
+
+    def batch_spec(self, size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """The abstract training batch of ``size`` examples (nothing is read)."""
+        return batch_spec(self.dataset.train.images.shape[1:], self.dtype, size,
+                          self.batch_sharding)
 
     def _order(self, epoch: int) -> np.ndarray:
         if self.sampler == "balanced":
@@ -466,6 +481,10 @@ class StreamLoader:
         """Every step of an epoch takes a full batch (the stream never ends)."""
         return [self.batch_size] * self.steps_per_epoch
 
+    def batch_spec(self, size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """The abstract training batch of ``size`` examples (float32 images)."""
+        return batch_spec(self.dataset.image_shape, jnp.float32, size, self.batch_sharding)
+
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, jax.Array]]:
         stream = self.dataset.train_iterator(
             self.batch_size, seed=int(np.random.default_rng([self.seed, 7, epoch])
@@ -493,7 +512,10 @@ class StreamLoader:
 
 def loader_from_config(dataset, config, mesh: Mesh | None = None, dtype: Any = jnp.float32):
     """The loader of ``dataset`` with ``config.data``'s settings: a :class:`DeviceLoader`
-    for an in-memory :class:`ArrayDataset`, a :class:`StreamLoader` otherwise.
+    for an in-memory :class:`ArrayDataset`, a
+    :class:`~ride_jax.data.grain_loader.GrainLoader` for image files
+    (:class:`~ride_jax.data.folder_stream.FileDataset`), a :class:`StreamLoader`
+    (tf.data) otherwise.
 
     Raises:
       ValueError: settings the loader cannot honour: ``steps_per_call != 1`` or
@@ -515,5 +537,10 @@ def loader_from_config(dataset, config, mesh: Mesh | None = None, dtype: Any = j
         raise ValueError(f"data.augment={d.augment!r} does not apply to the streamed "
                          f"dataset {name!r}: its input pipeline runs the official "
                          "transforms; set --config.data.augment=none")
+    from ride_jax.data.folder_stream import FileDataset     # grain: only when used
+    if isinstance(dataset, FileDataset):
+        from ride_jax.data.grain_loader import GrainLoader
+        return GrainLoader(dataset, d.batch_size, d.eval_batch_size, mesh, config.seed,
+                           d.sampler, d.remainder, dtype, d.get("workers", 0))
     return StreamLoader(dataset, d.batch_size, d.eval_batch_size, mesh, config.seed,
                         d.sampler)

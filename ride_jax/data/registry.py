@@ -6,7 +6,9 @@ prepared cache) never import it.
 
 * In-memory names return an :class:`~ride_jax.data.base.ArrayDataset`.
 * Streaming names (ImageNet-LT, iNaturalist 2018, Places-LT) return a
-  :class:`~ride_jax.data.streaming.StreamingDataset` (tf.data from tfds).
+  :class:`~ride_jax.data.streaming.StreamingDataset` (tf.data from tfds);
+  ``image_folder_stream`` a :class:`~ride_jax.data.folder_stream.FileDataset` (image
+  files read by grain, no TensorFlow).
 
 The tfds-backed names (CIFAR-10/100-LT and the streaming ones) need the ``tf`` extra;
 without it, :func:`dataset_builder` raises a one-line ``ValueError`` naming the extra.
@@ -24,13 +26,14 @@ _SOURCES = {
     "cifar100_lt": ("ride_jax.data.tfds_sources", "cifar100_lt"),
     "fashion_mnist_lt": ("ride_jax.data.fashion_mnist", "fashion_mnist_lt"),
     "image_folder_lt": ("ride_jax.data.image_folder", "image_folder_lt"),
+    "image_folder_stream": ("ride_jax.data.folder_stream", "image_folder_stream"),
     "synthetic_lt": ("ride_jax.data.synthetic", "synthetic_lt"),
     "imagenet_lt": ("ride_jax.data.tfds_sources", "imagenet_lt"),
     "inat2018": ("ride_jax.data.tfds_sources", "inat2018"),
     "places_lt": ("ride_jax.data.tfds_sources", "places_lt"),
 }
 IN_MEMORY = ("cifar10_lt", "cifar100_lt", "fashion_mnist_lt", "image_folder_lt", "synthetic_lt")
-STREAMING = ("imagenet_lt", "inat2018", "places_lt")
+STREAMING = ("imagenet_lt", "inat2018", "places_lt", "image_folder_stream")
 DATASETS = IN_MEMORY + STREAMING
 # What the ``tf`` extra installs: a source that fails to import one of these names the extra.
 _TF_MODULES = ("tensorflow", "tensorflow_datasets")
