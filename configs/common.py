@@ -139,8 +139,7 @@ def apply_loss_preset(c: ml_collections.ConfigDict, loss: str, *, ratio: float =
     ``cifar10``): the ResLT CIFAR table; ``family`` and ``backbone``:
     :class:`ride_jax.methods.Recipe`.
     """
-    method = methods.get(loss)
-    method.preset(c, methods.Recipe(
+    methods.apply_preset(methods.get(loss), c, methods.Recipe(
         family=family, dataset=c.dataset.name, ratio=ratio, reslt_groups=reslt_groups,
         backbone=backbone,
         experts=c.model.num_experts if experts is None else int(experts)))

@@ -12,8 +12,9 @@ official long-tailed selection of the training files; 0, the default: the traini
 folder as it is, already long-tailed), img_max (head-class images with a ratio; 0: the
 training files / C), image_size (the crop size; default 224, e.g. 64 for small images on
 a CPU; the evaluation resize is ``round(image_size * 256 / 224)``), backbone r10|r50|rx50
-(default r50), experts 1..6 (default 3), loss (any method: ride|ldam_drw|ce|focal|
-reslt|ride_reslt|logit_adjusted|balanced_softmax or ``module:attribute``), stage
+(default r50), experts 1..6 (default 3), loss (ride|ldam_drw|ce|focal|logit_adjusted|
+balanced_softmax or your own ``module:attribute``; not ResLT, whose ImageNet-LT and iNat
+scripts fix their class groups by count for those datasets), stage
 train|router|distill|crt|eval, epochs N (the recipe's schedule compressed to N epochs,
 ``common.apply_epoch_budget``), smoke (2 epochs of batch 16 at ``image_size=32`` with
 ResNet-10: checks that a folder trains, in minutes on a CPU).
@@ -52,6 +53,11 @@ def get_config(arg=None):
     if a.img_max < 0:
         raise ValueError(f"config argument img_max={a.img_max} must be > 0 (0 or absent: "
                          "the training files / C)")
+    if a.loss in ("reslt", "ride_reslt"):
+        raise ValueError(f"config argument loss={a.loss}: ResLT's large-dataset recipes "
+                         "fix their class groups for ImageNet-LT and iNat only; valid "
+                         "choices here are ride, ldam_drw, ce, focal, logit_adjusted, "
+                         "balanced_softmax or 'module:attribute'")
     if a.epochs and a.smoke:
         raise ValueError("config arguments smoke and epochs= exclude each other: smoke has "
                          "its own two-epoch schedule")
@@ -69,12 +75,9 @@ def get_config(arg=None):
                           stage=a.stage)
     if a.epochs:
         common.apply_epoch_budget(c, a.epochs)
-        c.epochs = int(a.epochs)
     if a.smoke:
-        common.apply_epoch_budget(c, 2)
-        c.epochs = 2
+        common.apply_smoke(c)      # 2 epochs, the loss switch and an LR step inside them
         c.data.batch_size = c.data.eval_batch_size = SMOKE_BATCH
-        c.eval_every_epochs = 1
         c.log_every_steps = 2
     c.lock()
     return c

@@ -71,8 +71,8 @@ def apply_imagenet_recipe(c, *, backbone, experts, loss, batch_size=256, lr=0.1,
     c.eval_every_epochs = 5
     # RIDE-EA top_choices_num: 30 for ResNet-10, 50 for ResNet-50 / ResNeXt-50 (and iNat).
     c.router.top_k = 30 if backbone == "r10" else 50
-    method.preset(c, methods.Recipe(family="imagenet", dataset=c.dataset.name,
-                                    experts=experts, backbone=backbone))
+    methods.apply_preset(method, c, methods.Recipe(family="imagenet", dataset=c.dataset.name,
+                                                   experts=experts, backbone=backbone))
     # The streaming loader does the official augmentation itself.
     c.data.augment = "none"
     common.apply_stage(c, stage)

@@ -96,7 +96,8 @@ def _parsed(arg):
 
 def test_every_config_file_is_covered():
     files = {p.stem for p in CONFIGS.glob("*.py")} - {"__init__", "common"}
-    assert files == set(ARGS)
+    # folder_lt (a user's folder, no default data) has its tests in test_folder_stream.py.
+    assert files == set(ARGS) | {"folder_lt"}
 
 
 @pytest.mark.parametrize("name,arg", [_param(n, a) for n, a in CASES],

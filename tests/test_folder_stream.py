@@ -207,6 +207,55 @@ def test_a_run_resumed_mid_epoch_sees_the_uninterrupted_batches_without_reading_
     assert done["last"]["accuracy"] == pytest.approx(whole["last"]["accuracy"])
 
 
+# -------------------------------------------------------------------------- the recipe
+
+def _recipe(arg):
+    return load(str(ROOT / "configs" / "folder_lt.py"), f"path=/data/mine,{arg}".rstrip(","))
+
+
+def test_the_recipe_is_imagenet_lts():
+    c = _recipe("")
+    assert c.dataset.name == "image_folder_stream"
+    assert c.dataset.args.to_dict() == {"path": "/data/mine", "image_size": 224}
+    assert (c.model.arch, c.model.num_experts, c.loss.name) == ("resnet50", 3, "ride")
+    assert (c.epochs, c.data.batch_size, c.data.eval_batch_size) == (100, 256, 128)
+    assert (c.optim.lr, c.optim.weight_decay, c.optim.step1, c.optim.step2) == (0.1, 2e-4, 60, 80)
+    assert c.loss.reweight_epoch == 80 and c.data.augment == "none" and c.data.workers == 0
+    c = _recipe("ratio=100,img_max=300,image_size=64,backbone=rx50,experts=4")
+    assert c.dataset.args.to_dict() == {"path": "/data/mine", "image_size": 64,
+                                        "ratio": 100.0, "img_max": 300.0}
+    assert (c.model.arch, c.model.num_experts) == ("resnext50", 4)
+    c = _recipe("epochs=10")
+    assert (c.epochs, c.optim.warmup_epochs, c.optim.step1, c.optim.step2,
+            c.loss.reweight_epoch) == (10, 1, 6, 8, 8)
+    c = _recipe("smoke")
+    assert (c.epochs, c.data.batch_size, c.model.arch, c.dataset.args.image_size) == (
+        2, 16, "resnet10", 32)
+    assert c.loss.reweight_epoch == 1
+
+
+@pytest.mark.parametrize("loss", ["ldam_drw", "ce", "focal", "logit_adjusted",
+                                  "balanced_softmax", "tests.plugin_method:make_loss"])
+def test_every_method_and_stage_loads(loss):
+    c = _recipe(f"loss={loss}")
+    assert c.loss.name == loss
+    for stage in ("router", "distill", "crt", "eval"):
+        assert _recipe(f"stage={stage}").stage == stage
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("ratio=0.5", r"config argument ratio=0.5 must be >= 1"),
+    ("img_max=-1", r"config argument img_max=-1.0 must be > 0"),
+    ("smoke,epochs=3", r"smoke and epochs= exclude each other"),
+    ("backbone=r18", r"backbone"),
+    ("loss=reslt", r"config argument loss=reslt: ResLT's large-dataset recipes fix their "
+                   r"class groups for ImageNet-LT and iNat only; valid choices here are ride"),
+])
+def test_bad_recipe_arguments(arg, message):
+    with pytest.raises(ValueError, match=message):
+        _recipe(arg)
+
+
 # ----------------------------------------------------------------- the recipe, no TF
 
 def test_the_folder_recipe_trains_without_tensorflow(folder, tmp_path):

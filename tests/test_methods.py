@@ -200,3 +200,12 @@ def test_posthoc_numbers_are_reported_beside_the_plain_ones(tmp_path):
     evals = _rows(tmp_path, "eval")
     assert evals[-1]["posthoc_adjusted_accuracy"] == pytest.approx(la["accuracy"])
     assert evals[-1]["accuracy"] == pytest.approx(result["last"]["accuracy"])
+
+
+def test_a_recipe_argument_names_your_method():
+    # loss=module:attribute in a recipe's :args trains that loss (the preset of a
+    # make_loss keeps RIDE's network; a Method's own preset applies).
+    c = load(str(ROOT / "configs" / "cifar10_lt.py"), f"loss={PLUGIN}:make_loss,experts=2")
+    assert c.loss.name == f"{PLUGIN}:make_loss" and c.model.num_experts == 2
+    c = load(str(ROOT / "configs" / "imagenet_lt.py"), f"loss={PLUGIN}:METHOD")
+    assert c.loss.name == f"{PLUGIN}:METHOD" and c.model.num_experts == 1

@@ -28,7 +28,7 @@ BUILTIN: dict[str, Method] = {m.name: m for m in (
 NAMES = tuple(BUILTIN)
 
 __all__ = ["BUILTIN", "FAMILIES", "NAMES", "OUTPUT_KEYS", "RESERVED_AUX", "LossFn",
-           "Method", "Recipe", "checked", "describe", "get", "is_plugin"]
+           "Method", "Recipe", "apply_preset", "checked", "describe", "get", "is_plugin"]
 
 
 def is_plugin(name: str) -> bool:
@@ -109,6 +109,13 @@ def _reporting(loss_fn: LossFn, where: str) -> LossFn:
         except Exception as e:  # noqa: BLE001
             raise ValueError(f"{where}: loss_fn raised {type(e).__name__}: {e}") from e
     return fn
+
+
+def apply_preset(method: Method, config: ml_collections.ConfigDict, recipe: Recipe) -> None:
+    """A recipe's method: ``loss.name`` names it (a preset may rename it: ``ride_reslt``
+    trains the ``reslt`` loss), then its preset makes the recipe changes."""
+    config.loss.name = method.name
+    method.preset(config, recipe)
 
 
 def describe(config: ml_collections.ConfigDict) -> str:
