@@ -142,3 +142,36 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(one_process, tmp
     assert f"resumed from step {stopped}" in p.stderr
     assert "finished at step 12" in p.stdout
     _assert_same_run(wd, one_process)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--processes", "2"], "expected the flags of ride_jax.main after '--' (python -m "
+                           "ride_jax.launch --processes N -- --config=... --workdir=...)"),
+    (["--processes", "0", "--", "--config=x"], "--processes=0 is invalid: expected an integer >= 1"),
+    (["--processes", "two", "--", "--config=x"],
+     "--processes=two is invalid: expected an integer >= 1"),
+    (["--processes", "2", "--devices-per-process", "-1", "--", "--config=x"],
+     "--devices-per-process=-1 is invalid: expected an integer >= 1"),
+    (["--processes", "2", "--port", "70000", "--", "--config=x"],
+     "--port=70000 is invalid: expected 1..65535"),
+    (["--processes", "2", "--"], "no flags for ride_jax.main after '--' (--config=... "
+                                 "--workdir=...)"),
+])
+def test_launch_mistakes_are_one_line(args, message):
+    p = subprocess.run([sys.executable, "-m", "ride_jax.launch", *args], cwd=ROOT,
+                       env=_env(), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [f"error: {message}"], p.stderr
+
+
+def test_each_process_gets_its_id_the_coordinator_and_its_cpu_devices():
+    from ride_jax.launch import process_env
+    env = process_env({"XLA_FLAGS": "--xla_foo=1 --xla_force_host_platform_device_count=2"},
+                      1, 3, 4321, 4)
+    assert env["RIDE_JAX_PROCESS_ID"] == "1" and env["RIDE_JAX_NUM_PROCESSES"] == "3"
+    assert env["JAX_COORDINATOR_ADDRESS"] == "localhost:4321"
+    assert env["XLA_FLAGS"] == "--xla_foo=1 --xla_force_host_platform_device_count=4"
+    assert env["JAX_PLATFORMS"] == "cpu"
+    from ride_jax.main import distributed_args
+    assert distributed_args(env) == {"process_id": 1, "num_processes": 3}
+    assert distributed_args({}) == {}
