@@ -175,3 +175,29 @@ def test_each_process_gets_its_id_the_coordinator_and_its_cpu_devices():
     from ride_jax.main import distributed_args
     assert distributed_args(env) == {"process_id": 1, "num_processes": 3}
     assert distributed_args({}) == {}
+
+
+def test_two_processes_stream_image_files_each_reading_its_part(tmp_path):
+    """The folder recipe (grain) over 2 processes x 2 devices: every process reads only
+    its part of each batch, the evaluation counts each test image once, and the run is
+    the one of 1 process x 4 devices."""
+    from test_folder_stream import VAL_PER_CLASS, _folder
+    folder = _folder(tmp_path / "mine")
+    flags = [f"--config=configs/folder_lt.py:path={folder},smoke,experts=2",
+             "--config.optim.lr=0.0001", "--config.log_every_steps=1"]
+    two = subprocess.run(
+        [sys.executable, "-m", "ride_jax.launch", "--processes", "2",
+         "--devices-per-process", "2", "--", *flags, f"--workdir={tmp_path / 'two'}"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "ride_jax.main", *flags,
+                          f"--workdir={tmp_path / 'one'}"], cwd=ROOT, env=_env(4),
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = _train_losses(tmp_path / "one"), _train_losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)],
+                               rtol=1e-3)
+    for run in ("one", "two"):
+        last = json.loads((tmp_path / run / "results.json").read_text())["last"]
+        assert last["num_examples"] == 4 * VAL_PER_CLASS
