@@ -1,7 +1,8 @@
 """Images/s of the input pipelines, and whether they keep up with the train step.
 
     python benchmarks/input_pipeline.py                     # in-memory loader + train step
-    python benchmarks/input_pipeline.py --streaming         # also the tf.data loader at 224
+    python benchmarks/input_pipeline.py --streaming         # also grain / tf.data / torch at 224
+    python benchmarks/input_pipeline.py --skip-loader --skip-train --streaming --images 256 --repeats 3
 
 In-memory loader (``ride_jax.data.loader``): a CIFAR-100-LT-sized uint8 set (10,847
 images, 32x32x3, ``synthetic_lt``) on the device; for each augmentation recipe and
@@ -15,10 +16,31 @@ step) and scanned (``config.steps_per_call``: the loader's ``epoch_calls`` stack
 timed steps' batches in one call, and one jitted ``lax.scan`` runs them); "fed / alone"
 etc. say how much the loader slows training (1.0 = not at all) or the scan speeds it up.
 
-Streaming loader (``--streaming``, needs TensorFlow): tf.data reading 500x375 JPEG
-files, decoding them and applying the official ImageNet-LT train transform
-(RandomResizedCrop 224, flip, ColorJitter) or test transform (Resize 256, CenterCrop
-224); host-side uint8 batches, per CPU core.
+File pipelines (``--streaming``), side by side on the same ``--images`` synthetic 500x375
+JPEG files and the same CPU cores: the official ImageNet-LT train transform
+(RandomResizedCrop 224, flip, ColorJitter 0.4) and eval transform (Resize 256,
+CenterCrop 224), host-side uint8 224x224 batches of ``--stream-batch``:
+
+* ``grain``: ``ride_jax.data.grain_pipeline`` (``FileSource`` + ``make_train_iter`` /
+  ``make_eval_iter``; PIL, torchvision-exact) with ``worker_count=0`` (grain's reader
+  threads in this process) and ``worker_count=--workers`` (default: the cores);
+* ``tfdata``: ``ride_jax.data.streaming`` (tf.data, parallel maps, AUTOTUNE; needs
+  TensorFlow);
+* ``torch``: a ``torch.utils.data.Dataset`` opening each file with PIL and applying the
+  official transform (``torchvision.transforms`` when torchvision imports, else
+  ``ride_jax.data.pil_transforms``, the same PIL calls), ``DataLoader(num_workers=
+  --workers)`` (spawned workers; skipped with a note where torch is missing);
+* one-thread references, no pipeline: PIL decode alone (open + convert), the PIL resize
+  alone (on decoded images) and decode + the whole transform.
+
+Steady-state rate of a pipeline: per repeat, a fresh iterator reads ``--images`` images
+(rounded up to whole batches; the files in turn) and another twice as many, each to its
+last batch; images/s = the extra images / the extra time (medians of each time over the
+repeats), so start-up (worker processes, TF graph building) and what the buffers hold
+cancel out ("start-up s" estimates the former; for torch, whose persistent workers start
+once, the warm-up epoch's time). Images/s per core divides by the cores used (all of
+this process's for the pipelines, 1 for the references); "vs tf.data" is the per-core
+ratio to the tf.data row of the same transform.
 
 Medians over ``--repeats`` runs.
 """
@@ -154,41 +176,356 @@ def bench_train(ds, batch, steps, repeats, experts=3, verbose=False):
     return {k: statistics.median(r) for k, r in rates.items()}
 
 
-def bench_streaming(batch, repeats, steps, workdir):
-    """Host-side tf.data throughput (uint8 batches, before the device) at 224x224."""
-    import tensorflow as tf
-    from ride_jax.data.base import IMAGENET_MEAN, IMAGENET_STD
-    from ride_jax.data.streaming import FileListSplit, StreamingDataset
-    rng = np.random.default_rng(0)
-    n = 256
-    os.makedirs(workdir, exist_ok=True)
-    paths = []
-    for k in range(n):   # smooth-ish 500x375 content so the JPEGs have a realistic size
-        base = rng.integers(0, 256, (47, 63, 3), dtype=np.uint8)
-        img = tf.image.resize(base[None], (375, 500), "bilinear")[0]
-        path = f"img_{k:04d}.jpg"
-        tf.io.write_file(os.path.join(workdir, path),
-                         tf.io.encode_jpeg(tf.cast(img, tf.uint8), quality=90))
-        paths.append(path)
-    split = FileListSplit(workdir, tuple(paths), np.zeros(n, np.int64))
-    ds = StreamingDataset(name="bench", num_classes=1, class_names=("x",),
-                          train_counts=np.array([n]), num_test=n, mean=IMAGENET_MEAN,
-                          std=IMAGENET_STD, info={}, train_source=split, test_source=split)
-    rows = []
-    for mode in ("train", "eval"):
-        pipe = ds.train_tf(batch, seed=0) if mode == "train" else ds.eval_tf(batch).repeat()
-        it = iter(pipe)
-        next(it)
+# ---------------------------------------------------------------- streaming: side by side
 
-        def run():
-            for _ in range(steps):
-                next(it)
-            return steps * batch
-        rate = _median_rate(run, repeats)
-        rows.append({"pipeline": f"streaming {mode} 224", "batch": batch,
-                     "images_per_s": round(rate, 1),
-                     "images_per_s_per_core": round(rate / (os.cpu_count() or 1), 1)})
+STREAM_PIPELINES = ("grain", "tfdata", "torch")
+STREAM_TRANSFORMS = ("train", "eval")
+_TRANSFORM_NAMES = {"train": "train: RandomResizedCrop 224 + flip + ColorJitter 0.4",
+                    "eval": "eval: Resize 256 + CenterCrop 224"}
+
+
+def _cores() -> int:
+    """The CPU cores this process may run on (what every pipeline shares)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                                   # not Linux
+        return os.cpu_count() or 1
+
+
+def write_jpegs(workdir, n, seed=0):
+    """``n`` synthetic 500x375 JPEG files (quality 90) in ``workdir``; their file names.
+
+    Smooth-ish content (random 63x47 noise upsampled bilinearly) so that the files have
+    a realistic size; written with PIL, so TensorFlow is not needed.
+    """
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    os.makedirs(workdir, exist_ok=True)
+    names = []
+    for k in range(n):
+        base = rng.integers(0, 256, (47, 63, 3), dtype=np.uint8)
+        img = Image.fromarray(base).resize((500, 375), Image.BILINEAR)
+        name = f"img_{k:04d}.jpg"
+        img.save(os.path.join(workdir, name), quality=90)
+        names.append(name)
+    return names
+
+
+def _torchvision_transforms():
+    """``(train, eval)`` torchvision PIL transforms, or None where torchvision does not
+    import (here: a CUDA torchvision wheel beside a CPU torch)."""
+    try:
+        import torchvision.transforms as T
+    except Exception:                                        # noqa: BLE001 (any failure)
+        return None
+    return (T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(),
+                       T.ColorJitter(0.4, 0.4, 0.4, 0)]),
+            T.Compose([T.Resize(256), T.CenterCrop(224)]))
+
+
+def _make_torch_dataset_class():
+    import torch.utils.data
+
+    class TorchFileDataset(torch.utils.data.Dataset):
+        """The official loader's map-style dataset: ``__getitem__`` opens the file with
+        PIL (torchvision's ``pil_loader``: ``Image.open`` + ``.convert('RGB')``) and
+        applies the official transform, here up to the uint8 HWC image (ToTensor and
+        Normalize are left out, as the other pipelines leave normalisation to the
+        device). ``torchvision.transforms`` when it imports, else
+        :mod:`ride_jax.data.pil_transforms` (the same PIL calls, torchvision-exact);
+        item ``i`` reads file ``i % len(paths)``."""
+
+        def __init__(self, paths, length, mode, use_torchvision):
+            self.paths, self.length, self.mode = list(paths), int(length), mode
+            self.use_torchvision = use_torchvision
+            self._tv = None
+
+        def __len__(self):
+            return self.length
+
+        def __getitem__(self, i):
+            from PIL import Image
+            with open(self.paths[i % len(self.paths)], "rb") as f:
+                img = Image.open(f).convert("RGB")
+            if self.use_torchvision:
+                if self._tv is None:
+                    self._tv = _torchvision_transforms()
+                out = self._tv[0 if self.mode == "train" else 1](img)
+                return torch.from_numpy(np.asarray(out, np.uint8).copy()), 0
+            from ride_jax.data import pil_transforms as pt
+            if self.mode == "train":
+                rng = np.random.default_rng([0, int(i)])
+                params = pt.sample_train_params(rng, img.height, img.width)
+                out = pt.train_transform(img, params, size=224)
+            else:
+                out = pt.eval_transform(img, size=224, resize=256)
+            return torch.from_numpy(out), 0
+
+    TorchFileDataset.__module__ = __name__
+    TorchFileDataset.__qualname__ = "TorchFileDataset"      # pickled by name (spawn)
+    return TorchFileDataset
+
+
+def __getattr__(name):
+    # ``TorchFileDataset`` is made on first use, so that importing this module does not
+    # import torch; the DataLoader's spawned workers find it here by name too.
+    if name == "TorchFileDataset":
+        cls = globals()[name] = _make_torch_dataset_class()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _epoch_time(make_iter, count, n):
+    """Images read and seconds from making a fresh iterator of ``n`` images to its last batch."""
+    t0 = time.perf_counter()
+    it = make_iter(n)
+    got = 0
+    while got < n:
+        got += count(next(it))
+    elapsed = time.perf_counter() - t0
+    getattr(make_iter, "close_iter", _close)(it)
+    return got, elapsed
+
+
+def _time_stream(make_iter, count, images, repeats):
+    """Steady-state images/s of a pipeline, start-up and buffering cancelled out.
+
+    Per repeat, a fresh iterator reads ``images`` images and another ``2 * images``
+    (each to its last batch); the rate is the extra images over the extra time. (Timing
+    windows of one long stream would not do: grain's reader threads each make a whole
+    batch, so batches arrive in bursts of up to 16, and the first window would ride on
+    what the buffers filled during start-up.) The rate is taken from the medians of the
+    two times over the repeats (more robust than the median of per-repeat ratios, which
+    a start-up jitter comparable to the extra time throws far off). Returns ``(rate,
+    startup, times)``: images/s, the start-up estimate ``t(images) - images / rate`` and
+    the per-repeat ``(t1, t2)`` seconds.
+    """
+    times = []
+    for _ in range(repeats):
+        n1, t1 = _epoch_time(make_iter, count, images)
+        n2, t2 = _epoch_time(make_iter, count, 2 * images)
+        times.append((t1, t2))
+    t1 = statistics.median(t for t, _ in times)
+    t2 = statistics.median(t for _, t in times)
+    rate = (n2 - n1) / (t2 - t1) if t2 > t1 else float("nan")
+    return rate, t1 - n1 / rate, times
+
+
+class _FirstN:
+    """A torch batch sampler: the first ``n`` items (``n`` set before each epoch) in
+    batches, shuffled when ``shuffle``."""
+
+    def __init__(self, batch, shuffle, seed=0):
+        self.batch, self.shuffle, self.n = batch, shuffle, 0
+        self.rng = np.random.default_rng(seed)
+
+    def __iter__(self):
+        order = self.rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        for k in range(0, self.n, self.batch):
+            yield order[k:k + self.batch].tolist()
+
+    def __len__(self):
+        return -(-self.n // self.batch)
+
+
+def _close(it):
+    for name in ("close", "_shutdown_workers"):              # grain / torch iterators
+        fn = getattr(it, name, None)
+        if fn is not None:
+            fn()
+            return
+
+
+def _bench_serial(paths, transform, images, repeats):
+    """One thread, no pipeline: PIL decode alone, the PIL resize alone (on decoded
+    images) and decode + the whole transform; the per-core ceiling of the PIL loaders."""
+    from PIL import Image
+    from ride_jax.data import pil_transforms as pt
+    paths = [paths[k % len(paths)] for k in range(images)]
+
+    def decode_all():
+        for p in paths:
+            with Image.open(p) as img:
+                img.convert("RGB")
+        return len(paths)
+
+    decoded = []
+    for p in paths[:min(len(paths), 64)]:
+        with Image.open(p) as img:
+            decoded.append(img.convert("RGB"))
+    rng = np.random.default_rng(0)
+    crops = [pt.random_resized_crop_params(rng, im.height, im.width) for im in decoded]
+
+    def resize_all():
+        for k in range(images):
+            im = decoded[k % len(decoded)]
+            if transform == "train":
+                pt.resized_crop(im, *crops[k % len(crops)], size=224)
+            else:
+                pt.resize_shorter(im, 256)
+        return images
+
+    def full_all():
+        for k, p in enumerate(paths):
+            with Image.open(p) as img:
+                im = img.convert("RGB")
+            if transform == "train":
+                params = pt.sample_train_params(np.random.default_rng([0, k]), im.height,
+                                                im.width)
+                pt.train_transform(im, params, size=224)
+            else:
+                pt.eval_transform(im, size=224, resize=256)
+        return images
+
+    resize_name = ("PIL crop + resize 224 only" if transform == "train"
+                   else "PIL resize 256 only")
+    out = []
+    for name, fn in (("PIL decode only (open+convert)", decode_all),
+                     (resize_name, resize_all),
+                     ("PIL decode + transform", full_all)):
+        rates = [_median_rate(fn, 1) for _ in range(repeats)]
+        out.append((name, rates))
+    return out
+
+
+def bench_streaming_compare(pipelines, images, batch, workers, repeats, workdir,
+                            transforms=STREAM_TRANSFORMS, serial=True, log=print):
+    """Images/s of the file pipelines on the same JPEG files and cores, side by side.
+
+    Returns rows ``{'pipeline', 'transform', 'workers', 'cores', 'images_per_s',
+    'images_per_s_per_core', 'ratio_to_tfdata', 'startup_s', 'batch'}`` and ``'times_s'``
+    (pipelines: per repeat the seconds of the two runs) or ``'runs'`` (references:
+    images/s per repeat); the per-core
+    figure divides by the cores the pipeline ran on (all of this process's for the
+    pipelines, 1 for the serial reference rows), and ``ratio_to_tfdata`` is the per-core
+    ratio to the tf.data row of the same transform. A pipeline that cannot run here
+    (its package missing) is left out, with a note through ``log``.
+    """
+    cores = _cores()
+    names = write_jpegs(workdir, images)
+    paths = [os.path.join(workdir, n) for n in names]
+    images = batch * -(-images // batch)        # whole batches: every epoch ends exactly
+    runners = []                       # (pipeline, workers, make(mode), count(batch))
+
+    def add(name, w, fn, count=lambda b: len(b["label"])):
+        runners.append((name, w, fn, count))
+
+    if "grain" in pipelines:
+        try:
+            from ride_jax.data import grain_pipeline as gp
+        except ImportError as e:
+            log(f"# grain: skipped ({e})")
+        else:
+            def grain_source(n):                # n examples, reading the files in turn
+                return gp.FileSource([paths[k % len(paths)] for k in range(n)],
+                                     np.zeros(n, np.int64),
+                                     transform_train=gp.official_train_transform(224),
+                                     transform_eval=gp.official_eval_transform(224, 256))
+
+            def grain_fn(w):
+                def make(mode):
+                    if mode == "train":
+                        return lambda n: gp.make_train_iter(grain_source(n), batch_size=batch,
+                                                            seed=0, epoch=0, worker_count=w)
+                    return lambda n: gp.make_eval_iter(grain_source(n), batch_size=batch,
+                                                       worker_count=w)
+                return make
+            add("grain", 0, grain_fn(0))
+            if workers > 0:
+                add("grain", workers, grain_fn(workers))
+    if "tfdata" in pipelines:
+        try:
+            from ride_jax.data.base import IMAGENET_MEAN, IMAGENET_STD
+            from ride_jax.data.streaming import FileListSplit, StreamingDataset
+        except ImportError as e:
+            log(f"# tfdata: skipped ({e})")
+        else:
+            split = FileListSplit(workdir, tuple(names), np.zeros(len(names), np.int64))
+            ds = StreamingDataset(name="bench", num_classes=1, class_names=("x",),
+                                  train_counts=np.array([len(names)]), num_test=len(names),
+                                  mean=IMAGENET_MEAN, std=IMAGENET_STD, info={},
+                                  train_source=split, test_source=split)
+
+            def tf_make(mode):
+                if mode == "train":                 # endless: read n images, then drop it
+                    return lambda n: iter(ds.train_tf(batch, seed=0))
+                return lambda n: iter(ds.eval_tf(batch).repeat())
+            add("tf.data", "AUTOTUNE", tf_make, lambda b: int(b["label"].shape[0]))
+    if "torch" in pipelines:
+        try:
+            import torch.utils.data
+        except ImportError as e:
+            log(f"# torch: skipped ({e})")
+        else:
+            tv = _torchvision_transforms() is not None
+            label = "torch DataLoader (torchvision)" if tv else \
+                "torch DataLoader (pil_transforms)"
+            log(f"# torch {torch.__version__}: transforms from "
+                f"{'torchvision' if tv else 'ride_jax.data.pil_transforms (torchvision does not import)'}")
+
+            def torch_make(mode):
+                # One DataLoader with persistent (spawned) workers, as a training run keeps
+                # them over epochs; a fresh epoch iterator per run, of the first n items
+                # (shuffled for train). The workers start in a warm-up epoch, timed as the
+                # start-up.
+                sampler = _FirstN(batch, shuffle=(mode == "train"))
+                cls = getattr(sys.modules[__name__], "TorchFileDataset")
+                extra = ({"multiprocessing_context": "spawn", "persistent_workers": True}
+                         if workers > 0 else {})
+                loader = torch.utils.data.DataLoader(
+                    cls(paths, 2 * images, mode, tv), batch_sampler=sampler,
+                    num_workers=workers, **extra)
+
+                def make(n):
+                    sampler.n = n
+                    return iter(loader)
+                make.close_iter = lambda it: None
+                make.finish = lambda: _close(loader._iterator) if workers > 0 else None
+                make.startup_s = _epoch_time(make, lambda b: len(b[1]),
+                                             batch * max(workers, 1))[1]
+                return make
+            add(label, workers, torch_make, lambda b: len(b[1]))
+
+    rows = []
+    for mode in transforms:
+        for name, w, fn, count in runners:
+            make = fn(mode)
+            rate, startup, times = _time_stream(make, count, images, repeats)
+            getattr(make, "finish", lambda: None)()
+            rows.append({"pipeline": name, "transform": mode, "workers": w, "cores": cores,
+                         "images_per_s": rate,
+                         "startup_s": getattr(make, "startup_s", startup),
+                         "times_s": [[round(t, 3) for t in pair] for pair in times]})
+        if serial:
+            for name, rates in _bench_serial(paths, mode, images, repeats):
+                rows.append({"pipeline": name, "transform": mode, "workers": "serial",
+                             "cores": 1, "images_per_s": statistics.median(rates),
+                             "startup_s": None, "runs": rates})
+    per_core = [r["images_per_s"] / r["cores"] for r in rows]
+    tf_core = {r["transform"]: c for r, c in zip(rows, per_core) if r["pipeline"] == "tf.data"}
+    for r, c in zip(rows, per_core):
+        r["images_per_s_per_core"] = c
+        ref = tf_core.get(r["transform"])
+        r["ratio_to_tfdata"] = None if ref is None else round(c / ref, 3)
+        r["images_per_s"] = round(r["images_per_s"], 1)
+        r["images_per_s_per_core"] = round(r["images_per_s_per_core"], 1)
+        r["startup_s"] = None if r["startup_s"] is None else round(r["startup_s"], 2)
+        if "runs" in r:
+            r["runs"] = [round(x, 1) for x in r["runs"]]
+        r["batch"] = batch
     return rows
+
+
+def print_streaming_table(rows, verbose=False, out=print):
+    out(f"{'pipeline':<34} {'transform':<9} {'workers':>8} {'cores':>5} {'images/s':>9} "
+        f"{'per core':>9} {'vs tf.data':>10} {'start-up s':>10}")
+    for r in rows:
+        ratio = "-" if r["ratio_to_tfdata"] is None else f"{r['ratio_to_tfdata']:.2f}x"
+        first = "-" if r["startup_s"] is None else f"{r['startup_s']:.2f}"
+        out(f"{r['pipeline']:<34} {r['transform']:<9} {r['workers']!s:>8} {r['cores']:>5} "
+            f"{r['images_per_s']:>9.1f} {r['images_per_s_per_core']:>9.1f} {ratio:>10} "
+            f"{first:>10}" + (("   runs (images/s) " + str(r["runs"]) if "runs" in r else
+                               "   (t1, t2) s " + str(r["times_s"])) if verbose else ""))
 
 
 def main(argv=None):
@@ -196,13 +533,44 @@ def main(argv=None):
     parser.add_argument("--batches", default="128,512")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--train-steps", type=int, default=10)
-    parser.add_argument("--streaming", action="store_true")
-    parser.add_argument("--stream-steps", type=int, default=5)
+    parser.add_argument("--streaming", action="store_true",
+                        help="also the file pipelines (JPEG -> 224), side by side")
+    parser.add_argument("--pipelines", default=None,
+                        help="with --streaming: comma list of " + ",".join(STREAM_PIPELINES)
+                             + " (default: all; one whose package is missing is skipped)")
+    parser.add_argument("--images", type=int, default=256,
+                        help="with --streaming: JPEG files, and images per timed run")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="with --streaming: grain / torch worker processes (default: "
+                             "the CPU cores; grain is also run with 0)")
+    parser.add_argument("--stream-batch", type=int, default=64)
+    parser.add_argument("--stream-transforms", default="train,eval")
+    parser.add_argument("--no-serial", action="store_true",
+                        help="with --streaming: skip the one-thread PIL reference rows")
+    parser.add_argument("--stream-steps", type=int, default=None,
+                        help="(older option) images per timed run = this x --stream-batch")
     parser.add_argument("--json", default=None)
     parser.add_argument("--verbose", action="store_true", help="print every timed run")
     parser.add_argument("--skip-loader", action="store_true", help="skip the loader table")
     parser.add_argument("--skip-train", action="store_true", help="skip the train-step table")
     args = parser.parse_args(argv)
+    pipelines = STREAM_PIPELINES if args.pipelines is None else tuple(
+        p.strip() for p in args.pipelines.split(",") if p.strip())
+    transforms = tuple(t.strip() for t in args.stream_transforms.split(",") if t.strip())
+    bad = [p for p in pipelines if p not in STREAM_PIPELINES]
+    if bad or not pipelines:
+        parser.error(f"--pipelines {args.pipelines!r}: valid names are "
+                     f"{','.join(STREAM_PIPELINES)}")
+    if not transforms or any(t not in STREAM_TRANSFORMS for t in transforms):
+        parser.error(f"--stream-transforms {args.stream_transforms!r}: valid names are "
+                     f"{','.join(STREAM_TRANSFORMS)}")
+    if args.pipelines is not None and not args.streaming:
+        parser.error("--pipelines needs --streaming")
+    images = args.images if args.stream_steps is None else args.stream_steps * args.stream_batch
+    workers = _cores() if args.workers is None else args.workers
+    if images < 1 or args.stream_batch < 1 or workers < 0 or args.repeats < 1:
+        parser.error("--images / --stream-steps, --stream-batch and --repeats must be >= 1, "
+                     "--workers >= 0")
 
     ds = synthetic_lt(num_classes=100, img_max=500, ratio=100)   # CIFAR-100-LT r100 sizes
     print(f"# jax {jax.__version__}, backend {jax.default_backend()}, devices "
@@ -230,15 +598,21 @@ def main(argv=None):
               f"{r['scanned']:>14.1f} {r['fed'] / r['alone']:>10.3f} "
               f"{r['fused'] / r['alone']:>12.3f} {r['scanned'] / r['fed']:>12.3f}", flush=True)
     if args.streaming:
-        print(f"# streaming tf.data loader, JPEG 500x375 -> 224, {os.cpu_count()} CPUs")
-        print(f"{'pipeline':<28} {'batch':>6} {'images/s':>12} {'per core':>10}")
+        cores = _cores()
+        print(f"# file pipelines side by side: {images} synthetic 500x375 JPEGs (quality 90) "
+              f"-> uint8 224x224 host batches of {args.stream_batch}, {cores} CPU cores; "
+              f"steady images/s = extra images / extra time of a fresh {images}- and "
+              f"{2 * images}-image run, median of {args.repeats}; per core = images/s / cores "
+              f"used; 'vs tf.data' = per-core ratio to tf.data, same transform", flush=True)
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:
-            rows_s = bench_streaming(64, args.repeats, args.stream_steps, tmp)
-        for row in rows_s:
-            rows.append(row)
-            print(f"{row['pipeline']:<28} {row['batch']:>6} {row['images_per_s']:>12.1f} "
-                  f"{row['images_per_s_per_core']:>10.1f}", flush=True)
+            rows_s = bench_streaming_compare(
+                pipelines, images, args.stream_batch, workers, args.repeats, tmp,
+                transforms=transforms, serial=not args.no_serial,
+                log=lambda m: print(m, flush=True))
+        print_streaming_table(rows_s, verbose=args.verbose,
+                              out=lambda m: print(m, flush=True))
+        rows.extend(rows_s)
     if args.json:
         meta = {"jax": jax.__version__, "backend": jax.default_backend(),
                 "device": jax.devices()[0].device_kind, "date": time.strftime("%Y-%m-%d")}

@@ -131,3 +131,30 @@ def test_full_run_is_opt_in_and_explicit_options_override_the_preset(tmp_path):
     assert sections["full_run"] == {"status": "not run (pass --full-run)", "rows": []}
     for name in SECTIONS[:-1]:
         assert sections[name]["status"] == "not selected (--only)"
+
+
+def test_input_pipeline_streaming_side_by_side_runs(tmp_path):
+    """``input_pipeline.py --streaming --pipelines``: grain (in-process) and the torch
+    DataLoader (in-process; skipped with a note without torch) on a few JPEG files, plus
+    the one-thread PIL reference rows, in the table and the JSON."""
+    path = tmp_path / "stream.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/input_pipeline.py", "--skip-loader", "--skip-train",
+         "--streaming", "--pipelines", "grain,torch", "--workers", "0", "--images", "16",
+         "--stream-batch", "8", "--repeats", "1", "--stream-transforms", "eval",
+         "--json", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(path) as f:
+        rows = json.load(f)["rows"]
+    names = [r["pipeline"] for r in rows]
+    assert names[0] == "grain" and rows[0]["workers"] == 0
+    assert ("torch DataLoader" in " ".join(names)) != ("# torch: skipped" in proc.stdout)
+    assert {"PIL decode only (open+convert)", "PIL decode + transform"} <= set(names)
+    for r in rows:
+        assert r["transform"] == "eval" and r["ratio_to_tfdata"] is None, r
+        assert r["images_per_s"] > 0 and r["images_per_s_per_core"] > 0, r
+    assert "vs tf.data" in proc.stdout
+    bad = subprocess.run([sys.executable, "benchmarks/input_pipeline.py", "--streaming",
+                          "--pipelines", "grain,bogus"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "bogus" in bad.stderr
