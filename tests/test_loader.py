@@ -215,7 +215,10 @@ def test_prepare_cli(tmp_path, capsys):
             (["--dataset=synthetic_lt", "--rato=5"], "no argument 'rato'"),
             (["--dataset=synthetic_lt", "--ratio=0.01"], "imb_factor 0.01 is ratio=100"),
             (["--dataset=cifar1000_lt"], "unknown"),
-            (["--dataset=imagenet_lt"], "streamed")]:
+            (["--dataset=image_folder_stream"], "is read from its files already"),
+            # a streamed dataset is copied into records, once its data is there
+            (["--dataset=imagenet_lt", f"--data_dir={tmp_path / 'none'}"],
+             "is not prepared in")]:
         with pytest.raises(SystemExit) as e:
             prepare.main(argv + [f"--out={tmp_path / 'x.npz'}"])
         assert e.value.code == 2

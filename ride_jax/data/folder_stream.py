@@ -80,6 +80,20 @@ class FileDataset:
                 "image_shape": list(self.image_shape),
                 "train_counts": self.train_counts.tolist(), "info": dict(self.info)}
 
+    def grain_train_source(self):
+        """The training files with the official training transform (grain source)."""
+        from ride_jax.data.grain_pipeline import FileSource, official_train_transform
+        return FileSource(self.train_paths, self.train_labels,
+                          transform_train=official_train_transform(self.image_size,
+                                                                   self.color_jitter))
+
+    def grain_test_source(self):
+        """The test files with the official evaluation transform (grain source)."""
+        from ride_jax.data.grain_pipeline import FileSource, official_eval_transform
+        return FileSource(self.test_paths, self.test_labels,
+                          transform_eval=official_eval_transform(self.image_size,
+                                                                 self.resize_size))
+
 
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
