@@ -29,6 +29,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.data.remainder = "partial"     # partial (official drop_last=False) | drop
     c.data.workers = 0               # image-file datasets: grain worker processes per
     #                                  process (0: reader threads in the process)
+    c.data.fuse_input = False        # in-memory data: the train step gathers and augments
+    #                                  its batch itself (one dispatch per step)
 
     c.model = ml_collections.ConfigDict()
     c.model.arch = "resnet32"
@@ -69,6 +71,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.loss.reslt_fused_ce = "plain"  # plain (CIFAR, iNat) | eps (ImageNet-LT: 1e-7 CE)
     c.loss.label_smoothing = 0.0     # ResLT ImageNet-LT --lsm
     c.loss.logit_adjust_tau = 1.0    # logit_adjusted: CE on logits + tau * log(prior)
+    c.loss.sade_lambda = 2.0         # sade: the backward expert's inverse-prior strength
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 0.1

@@ -61,6 +61,7 @@ RULES: dict[str, tuple] = {
     "data.sampler": _choice(SAMPLERS),
     "data.remainder": _choice(REMAINDERS),
     "data.workers": _int(0, 1024),
+    "data.fuse_input": _BOOL,
     "model.arch": _choice(ARCHS),
     "model.num_experts": _int(1),
     "model.reduce_dimension": _BOOL,
@@ -90,6 +91,7 @@ RULES: dict[str, tuple] = {
     "loss.reslt_fused_ce": _choice(RESLT_FUSED_CE),
     "loss.label_smoothing": _float(0, 1, hi_open=True),
     "loss.logit_adjust_tau": _float(),
+    "loss.sade_lambda": _float(0),
     "optim.lr": _float(0, lo_open=True),
     "optim.weight_decay": _float(0),
     "optim.momentum": _float(0, 1, hi_open=True),
@@ -140,7 +142,8 @@ _NOTES = {
 
 # Keys added after the first runs, with the value that reproduces those runs: a run
 # whose config.json lacks one resumes as if it held this value.
-ADDED_KEYS = {"data.workers": 0, "loss.logit_adjust_tau": 1.0, "eval.logit_adjust_tau": 0.0,
+ADDED_KEYS = {"data.workers": 0, "data.fuse_input": False, "loss.logit_adjust_tau": 1.0,
+              "loss.sade_lambda": 2.0, "eval.logit_adjust_tau": 0.0,
               "init_from_checkpoint": "latest", "distill.teacher_checkpoint": "latest"}
 
 
@@ -149,7 +152,7 @@ ADDED_KEYS = {"data.workers": 0, "loss.logit_adjust_tau": 1.0, "eval.logit_adjus
 RUNTIME_KEYS = ("max_steps", "resume_with_different_config", "log_every_steps",
                 "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints",
                 "distributed", "cpu_convolutions", "cpu_fusion_barriers", "steps_per_call",
-                "eval", "data.workers")
+                "eval", "data.workers", "data.fuse_input")
 
 
 def sections(keys=RULES) -> dict[str, list[str]]:
@@ -267,9 +270,12 @@ def check_config(config: Any) -> None:
     if flat["tau"] >= 0 and flat["model.use_norm"]:
         raise ValueError(f"tau={flat['tau']}: tau-normalisation applies to linear heads "
                          "(model.use_norm=False); this model has cosine heads")
-    if flat["dataset.cache"] and not os.path.isfile(flat["dataset.cache"]):
-        raise ValueError(f"dataset.cache={flat['dataset.cache']!r} is invalid: expected an "
-                         "existing .npz file (python -m ride_jax.data.prepare writes one)")
+    cache = flat["dataset.cache"]
+    if cache and not (os.path.isfile(cache)
+                      or os.path.isfile(os.path.join(cache, "dataset.json"))):
+        raise ValueError(f"dataset.cache={cache!r} is invalid: expected an existing .npz "
+                         "file or a prepared records folder (python -m ride_jax.data.prepare "
+                         "writes both)")
 
 
 def check_resumable(workdir: str, cfg: dict, allow: bool) -> None:

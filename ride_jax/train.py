@@ -57,8 +57,12 @@ from ride_jax.steps import (create_state, init_state, make_forward,  # noqa: F40
                             take_params)
 
 def build_dataset(config: ml_collections.ConfigDict):
-    """The dataset named by ``config.dataset`` (or its prepared cache)."""
+    """The dataset named by ``config.dataset``, or its prepared copy ``dataset.cache``
+    (an in-memory ``.npz``, or a streamed dataset's ArrayRecord folder)."""
     if config.dataset.cache:
+        from ride_jax.data.records import is_records, load_records
+        if is_records(config.dataset.cache):     # a streamed dataset's ArrayRecord copy
+            return load_records(config.dataset.cache)
         return load_cache(config.dataset.cache)
     return load_dataset(config.dataset.name, **config.dataset.args.to_dict())
 
@@ -139,13 +143,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     jit = functools.partial(jax.jit, compiler_options=xla_options)
     init = jax.jit(functools.partial(init_state, model, tx, sample, stage, router),
                    out_shardings=repl)
-    train_step = jit(step_fn, in_shardings=(repl, batch_sh, repl),
-                     out_shardings=(repl, repl), donate_argnums=0)
+    # A step takes the loader's call inputs (a ready batch, or with data.fuse_input an
+    # in-memory loader's epoch plan and step number) and makes its batch with the
+    # loader's pure step_batch; the inputs keep their own shardings (None).
+    def input_step(fn, sharding, name):
+        def step(state, inputs, consts=None):
+            batch = jax.lax.with_sharding_constraint(loader.step_batch(inputs), sharding)
+            return fn(state, batch, consts)
+        step.__name__ = name
+        return step
+    train_step = jit(input_step(step_fn, batch_sh, "train_step"),
+                     in_shardings=(repl, None, repl), out_shardings=(repl, repl),
+                     donate_argnums=0)
     multi_step = None
     if steps_per_call != 1:
-        multi_step = jit(make_multi_step(step_fn, scan_unroll(platform)),
-                         in_shardings=(repl, loader.chunk_sharding(), repl),
-                         out_shardings=(repl, repl), donate_argnums=0)
+        multi_step = jit(input_step(make_multi_step(step_fn, scan_unroll(platform)),
+                                    loader.chunk_sharding(), "multi_step"),
+                         in_shardings=(repl, None, repl), out_shardings=(repl, repl),
+                         donate_argnums=0)
     transform = method.eval_transform and method.eval_transform(config, train_counts)
     eval_step = jit(make_eval_step(
         model, tau=config.tau, router=router, mesh=mesh, num_buckets=config.router.num_buckets,
@@ -157,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if methods.is_plugin(config.loss.name) and config.epochs:
         # Trace your method's loss now: a wrong output key or return value is an error
         # before anything is written.
-        train_step.eval_shape(abstract, loader.batch_spec(loader.batch_size), consts)
+        jax.eval_shape(step_fn, abstract, loader.batch_spec(loader.batch_size), consts)
     macs = None
     if router is not None:
         macs = (flops.model_macs(model, image_shape=dataset.image_shape), router.macs)
@@ -316,11 +331,13 @@ def _train_loop(config, cfg, state, step, loader, train_steps, eval_step, consts
                     break
                 first = offset if epoch0 == start_epoch else 0
                 # k > 1 steps scanned in one call (steps_per_call); never past max_steps
-                calls = loader.epoch_calls(
-                    epoch0, start=first, steps_per_call=steps_per_call if multi_step else 1,
+                # (k, inputs): the steps make their batches from them
+                calls = loader.train_calls(
+                    epoch0, start=first,
+                    steps_per_call=steps_per_call if multi_step else 1,
                     stop=config.max_steps - epoch0 * spe if config.max_steps else None)
-                for k, batch in calls:
-                    state, m = (multi_step if k > 1 else train_step)(state, batch, consts)
+                for k, inputs in calls:
+                    state, m = (multi_step if k > 1 else train_step)(state, inputs, consts)
                     done_calls += 1
                     stop.clean = False
                     due = log.add(step, m, k)
@@ -373,18 +390,16 @@ def _precompile(config, loader, step: int, state, consts, train_step,
         end = min(end, config.max_steps)
     sizes = loader.train_batch_sizes()
     if step < end and sizes:
-        # Abstract batches (nothing is read: a resumed run reads no batch before its own).
+        # Abstract call inputs (nothing is read: a resumed run reads no batch before its
+        # own).
         full = sum(1 for size in sizes if size == loader.batch_size)
         k = steps_per_call or full
         if 1 < k <= full:            # scanned chunks [k, B, ...] of the full batches
-            chunk = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-                (k,) + x.shape, x.dtype, sharding=loader.chunk_sharding()),
-                loader.batch_spec(loader.batch_size))
-            multi_step.lower(state, chunk, consts).compile()
+            multi_step.lower(state, loader.call_spec(loader.batch_size, k), consts).compile()
         if full and (k <= 1 or k > full or full % k):
-            train_step.lower(state, loader.batch_spec(loader.batch_size), consts).compile()
+            train_step.lower(state, loader.call_spec(loader.batch_size), consts).compile()
         if sizes[-1] != loader.batch_size and (step // spe + 1) * spe <= end:
-            train_step.lower(state, loader.batch_spec(sizes[-1]), consts).compile()
+            train_step.lower(state, loader.call_spec(sizes[-1]), consts).compile()
     if config.epochs == 0 or _evals_between(config, step, end, spe):
         batch = next(iter(loader.eval_batches()), None)
         if batch is not None:

@@ -1,5 +1,11 @@
-"""The loader of a :class:`~ride_jax.data.folder_stream.FileDataset`: grain batches
-made global.
+"""The loader of image files read at random (grain): batches made global.
+
+A dataset it takes gives ``grain_train_source()`` and ``grain_test_source()`` (grain
+random-access sources with the official transforms) and the usual ``num_train``,
+``num_test``, ``num_classes``, ``image_shape``, ``mean``, ``std``:
+:class:`~ride_jax.data.folder_stream.FileDataset` (a folder or zip of image files) and
+:class:`~ride_jax.data.records.RecordDataset` (a streamed dataset prepared into
+ArrayRecord files).
 
 The same interface as :class:`~ride_jax.data.loader.DeviceLoader` for the trainer
 (``steps_per_epoch``, ``train_batch_sizes``, ``epoch_calls``, ``eval_batches``,
@@ -27,18 +33,18 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from ride_jax.data.augment import normalize
-from ride_jax.data.grain_pipeline import (FileSource, epoch_steps, make_eval_iter,
-                                          make_train_iter, official_eval_transform,
-                                          official_train_transform)
-from ride_jax.data.loader import REMAINDERS, SAMPLERS, batch_spec, check_steps_per_call
+from ride_jax.data.grain_pipeline import epoch_steps, make_eval_iter, make_train_iter
+from ride_jax.data.loader import (REMAINDERS, SAMPLERS, ReadyBatches, batch_spec,
+                                  check_steps_per_call)
 from ride_jax.sharding import batch_sharding, chunk_sharding
 
 
-class GrainLoader:
-    """Batches of a :class:`~ride_jax.data.folder_stream.FileDataset` (see the module).
+class GrainLoader(ReadyBatches):
+    """Batches of a dataset of image files (see the module).
 
     Args:
-      dataset: the files.
+      dataset: a :class:`~ride_jax.data.folder_stream.FileDataset` or
+        :class:`~ride_jax.data.records.RecordDataset`.
       batch_size, eval_batch_size: global batches (multiples of the device count).
       mesh: the 1-D ``'data'`` mesh.
       seed: order and augmentation seed.
@@ -68,12 +74,8 @@ class GrainLoader:
         if not self._sizes:
             raise ValueError(f"batch_size={batch_size} exceeds the {dataset.num_train} "
                              "training images and remainder='drop' would leave no step")
-        self.train_source = FileSource(
-            dataset.train_paths, dataset.train_labels,
-            transform_train=official_train_transform(dataset.image_size, dataset.color_jitter))
-        self.test_source = FileSource(
-            dataset.test_paths, dataset.test_labels,
-            transform_eval=official_eval_transform(dataset.image_size, dataset.resize_size))
+        self.train_source = dataset.grain_train_source()
+        self.test_source = dataset.grain_test_source()
         self._normalize = jax.jit(functools.partial(
             normalize, mean=tuple(dataset.mean), std=tuple(dataset.std), dtype=dtype))
 

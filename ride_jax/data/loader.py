@@ -9,6 +9,14 @@ Batches are dicts: ``{'image': [B, H, W, C] float (normalised NHWC), 'label': [B
 and evaluation batches add ``'mask': [B] bool`` (False on padding), sharded ``P('data')``.
 ``epoch_calls`` groups an epoch's batches for a train step scanned over ``k`` steps
 (``config.steps_per_call``): ``[k, B, ...]`` stacks, sharded ``P(None, 'data')``.
+Every loader gives the trainer the same three things: ``train_calls`` (the ``(k,
+inputs)`` of an epoch's train calls), ``step_batch`` (pure, traced inside the jitted
+train step: ``inputs -> batch``) and ``call_spec`` (the abstract inputs of a call, for
+compiling without reading data). A loader whose calls are ready batches
+(:class:`ReadyBatches`: the streamed ones, and this one by default) makes
+``step_batch`` the identity. ``fuse=True`` (``config.data.fuse_input``) makes this
+loader's inputs its small device-resident epoch plan and step number instead, and the
+train step gathers, augments and normalises the batch itself: one dispatch per step.
 
 Order and randomness are functions of ``(seed, epoch)`` alone, so a resumed run sees
 the same batches as an uninterrupted one:
@@ -172,8 +180,36 @@ def batch_spec(image_shape, dtype, size: int, sharding) -> dict[str, jax.ShapeDt
             "label": jax.ShapeDtypeStruct((int(size),), jnp.int32, sharding=sharding)}
 
 
-_train_batch = jax.jit(train_batch, static_argnames=("aug", "dtype"))
-_plan_batch = jax.jit(plan_batch, static_argnames=("aug", "dtype"))
+def _stacked(batch: dict[str, jax.ShapeDtypeStruct], k: int, sharding) -> dict[str, Any]:
+    """``[k, ...]`` abstract stacks of an abstract batch, with ``sharding``."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((k,) + x.shape, x.dtype,
+                                                       sharding=sharding), batch)
+
+
+class ReadyBatches:
+    """The trainer's interface for a loader whose train calls are ready batches
+    (``epoch_calls``): the step takes the batch as it is."""
+
+    def train_calls(self, epoch: int, start: int = 0, steps_per_call: int = 1,
+                    stop: int | None = None) -> Iterator[tuple[int, Any]]:
+        """``(k, inputs)`` of the train calls of ``epoch`` from ``start`` (before ``stop``)."""
+        return self.epoch_calls(epoch, start=start, steps_per_call=steps_per_call, stop=stop)
+
+    @staticmethod
+    def step_batch(inputs: Any) -> dict[str, jax.Array]:
+        """The batch of a call's inputs, inside the train step (here: the inputs)."""
+        return inputs
+
+    def call_spec(self, size: int, k: int = 1) -> dict[str, jax.ShapeDtypeStruct]:
+        """The abstract inputs of a call of ``k`` steps of ``size`` examples (nothing is
+        read): the batch spec, stacked ``[k, ...]`` for ``k > 1``."""
+        batch = self.batch_spec(size)
+        return batch if k == 1 else _stacked(batch, k, self.chunk_sharding())
+
+
+def _abstract(x, sharding=None) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                sharding=x.sharding if sharding is None else sharding)
 
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
@@ -185,7 +221,7 @@ def _eval_batch(images, labels, plan, step, mean, std, *, dtype):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class DeviceLoader:
+class DeviceLoader(ReadyBatches):
     """Batches of an :class:`ArrayDataset` made on the devices.
 
     Build with :func:`make_loader`. Iterate ``loader.epoch(e)`` for training and
@@ -201,6 +237,23 @@ class DeviceLoader:
     seed: int
     dtype: Any
     _arrays: dict = dataclasses.field(repr=False)
+    fuse: bool = False
+
+    def train_calls(self, epoch: int, start: int = 0, steps_per_call: int = 1,
+                    stop: int | None = None) -> Iterator[tuple[int, Any]]:
+        """:meth:`epoch_inputs` when fused (the step makes the batch), else ready batches."""
+        if self.fuse:
+            return self.epoch_inputs(epoch, start=start, steps_per_call=steps_per_call,
+                                     stop=stop)
+        return self.epoch_calls(epoch, start=start, steps_per_call=steps_per_call, stop=stop)
+
+    def step_batch(self, inputs: Any) -> dict[str, jax.Array]:
+        """:meth:`assemble` when fused, else the ready batch as it is."""
+        return self.assemble(inputs) if self.fuse else inputs
+
+    def call_spec(self, size: int, k: int = 1) -> dict[str, Any]:
+        """:meth:`input_spec` when fused, else the (stacked) batch spec."""
+        return self.input_spec(size, k) if self.fuse else super().call_spec(size, k)
 
     @property
     def num_devices(self) -> int:
@@ -300,13 +353,110 @@ class DeviceLoader:
         """Sharding of stacked batches ``[k, B, ...]`` (:meth:`epoch_calls`): B on ``'data'``."""
         return chunk_sharding(self.mesh)
 
-    def _chunk_fn(self, k: int):
-        fns = self._arrays.setdefault("chunk_fns", {})
-        if k not in fns:
-            fns[k] = jax.jit(functools.partial(plan_chunk, k=k, aug=self.augment,
-                                               dtype=self.dtype),
-                             out_shardings=self.chunk_sharding())
-        return fns[k]
+    def assemble(self, inputs: dict[str, Any]) -> dict[str, jax.Array]:
+        """The batch of a train call's ``inputs`` (:meth:`epoch_inputs`; pure, traceable).
+
+        Inside a jitted train step this fuses the input pipeline into it (one dispatch
+        per step). By the inputs' structure: ``{'data', 'plan', 'step'}``: one step of
+        the epoch plan (:func:`plan_batch`, ``[B, ...]``); ``{'data', 'plan', 'steps'}``:
+        ``k = len(steps)`` consecutive steps stacked (:func:`plan_chunk`, ``[k, B, ...]``);
+        ``{'data', 'idx', 'params'}``: the smaller last batch (:func:`train_batch`).
+        Batches are constrained to :attr:`batch_sharding` (stacks: :meth:`chunk_sharding`).
+        """
+        data = inputs["data"]
+        if "step" in inputs:
+            batch = plan_batch(data, inputs["plan"], inputs["step"], aug=self.augment,
+                               dtype=self.dtype)
+            sharding = self.batch_sharding
+        elif "steps" in inputs:
+            steps = inputs["steps"]
+            batch = plan_chunk(data, inputs["plan"], steps[0], k=steps.shape[0],
+                               aug=self.augment, dtype=self.dtype)
+            sharding = self.chunk_sharding()
+        else:
+            batch = train_batch(data, inputs["idx"], inputs["params"], aug=self.augment,
+                                dtype=self.dtype)
+            sharding = self.batch_sharding
+        # Materialised as its own call makes it: XLA does not fuse the gather into the
+        # network's first operations (same arithmetic; the fused gather scheduled badly).
+        return jax.lax.optimization_barrier(jax.lax.with_sharding_constraint(batch, sharding))
+
+    def assemble_jit(self, inputs: dict[str, Any]) -> dict[str, jax.Array]:
+        """:meth:`assemble` as its own jitted call (ready batches: :meth:`epoch_calls`)."""
+        stacked = "steps" in inputs
+        fns = self._arrays.setdefault("assemble_jits", {})
+        if stacked not in fns:
+            fns[stacked] = jax.jit(self.assemble, out_shardings=(
+                self.chunk_sharding() if stacked else self.batch_sharding))
+        return fns[stacked](inputs)
+
+    def _steps_ids(self, start: int, k: int) -> jax.Array:
+        # Device-resident [k] step numbers of a chunk, made once per (start, k).
+        cache = self._arrays.setdefault("chunk_steps", {})
+        if (start, k) not in cache:
+            cache[start, k] = jax.device_put(np.arange(start, start + k, dtype=np.int32),
+                                              NamedSharding(self.mesh, P()))
+        return cache[start, k]
+
+    def input_spec(self, size: int, k: int = 1) -> dict[str, Any]:
+        """The abstract :meth:`epoch_inputs` of a call of ``k`` stacked full batches
+        (``k > 1``), of one step of ``size`` examples (the full batch or the smaller last
+        one): ``jax.ShapeDtypeStruct`` with the shardings of the real inputs (nothing is
+        read or sent)."""
+        k, size = int(k), int(size)
+        _, height, width, _ = self.dataset.train.images.shape
+        sample = sample_params_host(np.random.default_rng(0), (1, 1), self.augment,
+                                    height, width)
+        sample.pop("angle")
+        repl = NamedSharding(self.mesh, P())
+        data = jax.tree.map(_abstract, self.data)
+        if k == 1 and size != self.batch_size:       # the smaller last batch
+            sh = self.batch_sharding
+            return {"data": data,
+                    "idx": jax.ShapeDtypeStruct((size,), jnp.int32, sharding=sh),
+                    "params": {name: jax.ShapeDtypeStruct((size,) + v.shape[2:], v.dtype,
+                                                          sharding=sh)
+                               for name, v in sample.items()}}
+        if size != self.batch_size:
+            raise ValueError(f"stacked steps (k={k}) take full batches of "
+                             f"{self.batch_size}, not {size}")
+        full = sum(1 for s in self._batch_sizes() if s == self.batch_size)
+        sh = self.chunk_sharding()
+        plan = {name: jax.ShapeDtypeStruct((full, size) + v.shape[2:], v.dtype, sharding=sh)
+                for name, v in sample.items()}
+        plan["idx"] = jax.ShapeDtypeStruct((full, size), jnp.int32, sharding=sh)
+        if k == 1:
+            return {"data": data, "plan": plan,
+                    "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=repl)}
+        return {"data": data, "plan": plan,
+                "steps": jax.ShapeDtypeStruct((k,), jnp.int32, sharding=repl)}
+
+    def epoch_inputs(self, epoch: int, start: int = 0, steps_per_call: int = 1,
+                     stop: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+        """The calls of :meth:`epoch_calls` as ``(k, inputs)``, ``inputs`` being what
+        :meth:`assemble` turns into the batch, inside the train step: device-resident
+        pytrees holding :attr:`data` (by reference: nothing is copied), the epoch plan
+        (sent once per epoch) and a device-resident step number (``'step'``), the
+        ``[k]`` step numbers of a stacked call (``'steps'``), or the indices and
+        augmentation parameters of the smaller last batch (``'idx'``, ``'params'``).
+        Same arguments as :meth:`epoch_calls`.
+        """
+        k = check_steps_per_call(steps_per_call)
+        data = self.data
+        plan, full, last = self.epoch_plan(epoch)
+        end = self.steps_per_epoch if stop is None else min(int(stop), self.steps_per_epoch)
+        k = k or full
+        s, full_end = start, min(full, end)
+        if k > 1:
+            while s + k <= full_end:
+                yield k, {"data": data, "plan": plan, "steps": self._steps_ids(s, k)}
+                s += k
+        while s < full_end:
+            yield 1, {"data": data, "plan": plan, "step": self._step_id(s)}
+            s += 1
+        if last is not None and start <= full < end:
+            idx, params = last
+            yield 1, {"data": data, "idx": idx, "params": params}
 
     def epoch_calls(self, epoch: int, start: int = 0, steps_per_call: int = 1,
                     stop: int | None = None) -> Iterator[tuple[int, dict[str, jax.Array]]]:
@@ -319,7 +469,8 @@ class DeviceLoader:
         time (``k = 1``, unstacked, as :meth:`epoch` makes them). Concatenated, they are
         :meth:`epoch`'s batches from ``start``, in order. The chunk size never changes
         within a run (one compiled scanned step); a resumed epoch's leftover steps run
-        singly.
+        singly. Each batch is one jitted :meth:`assemble` of :meth:`epoch_inputs`'s
+        inputs (the trainer fuses that into its train step instead).
 
         Args:
           epoch: 0-indexed epoch.
@@ -328,23 +479,9 @@ class DeviceLoader:
             in one call.
           stop: step of the epoch to end before (default: its end; e.g. ``max_steps``).
         """
-        k = check_steps_per_call(steps_per_call)
-        data = self.data
-        plan, full, last = self.epoch_plan(epoch)
-        end = self.steps_per_epoch if stop is None else min(int(stop), self.steps_per_epoch)
-        k = k or full
-        s, full_end = start, min(full, end)
-        if k > 1:
-            while s + k <= full_end:
-                yield k, self._chunk_fn(k)(data, plan, self._step_id(s))
-                s += k
-        while s < full_end:
-            yield 1, _plan_batch(data, plan, self._step_id(s), aug=self.augment,
-                                 dtype=self.dtype)
-            s += 1
-        if last is not None and start <= full < end:
-            idx, params = last
-            yield 1, _train_batch(data, idx, params, aug=self.augment, dtype=self.dtype)
+        for k, inputs in self.epoch_inputs(epoch, start=start, steps_per_call=steps_per_call,
+                                           stop=stop):
+            yield k, self.assemble_jit(inputs)
 
     def epoch_plan(self, epoch: int) -> tuple[dict[str, jax.Array], int, Any]:
         """The device-side plan of ``epoch``: what :meth:`epoch` iterates over.
@@ -404,7 +541,7 @@ class DeviceLoader:
 def make_loader(dataset: ArrayDataset, batch_size: int, *, eval_batch_size: int | None = None,
                 mesh: Mesh | None = None, augment: str | Augment = "ride",
                 sampler: str = "shuffle", remainder: str = "partial", seed: int = 0,
-                dtype: Any = jnp.float32) -> DeviceLoader:
+                dtype: Any = jnp.float32, fuse: bool = False) -> DeviceLoader:
     """Put ``dataset`` on the devices of ``mesh`` and return its :class:`DeviceLoader`.
 
     Args:
@@ -418,6 +555,7 @@ def make_loader(dataset: ArrayDataset, batch_size: int, *, eval_batch_size: int 
       remainder: ``'partial'`` (official ``drop_last=False``) or ``'drop'``.
       seed: order and augmentation seed.
       dtype: dtype of the normalised images.
+      fuse: the trainer's steps make their batches themselves (:class:`DeviceLoader`).
     """
     if not isinstance(dataset, ArrayDataset):
         raise TypeError(f"make_loader needs an in-memory ArrayDataset, got "
@@ -451,10 +589,10 @@ def make_loader(dataset: ArrayDataset, batch_size: int, *, eval_batch_size: int 
     return DeviceLoader(dataset=dataset, batch_size=int(batch_size),
                         eval_batch_size=int(eval_batch_size), mesh=mesh,
                         augment=get_augment(augment), sampler=sampler, remainder=remainder,
-                        seed=int(seed), dtype=dtype, _arrays=arrays)
+                        seed=int(seed), dtype=dtype, _arrays=arrays, fuse=bool(fuse))
 
 
-class StreamLoader:
+class StreamLoader(ReadyBatches):
     """The loader of a streamed dataset (:class:`~ride_jax.data.streaming.StreamingDataset`,
     tf.data): the same interface as :class:`DeviceLoader` for the trainer.
 
@@ -513,9 +651,10 @@ class StreamLoader:
 def loader_from_config(dataset, config, mesh: Mesh | None = None, dtype: Any = jnp.float32):
     """The loader of ``dataset`` with ``config.data``'s settings: a :class:`DeviceLoader`
     for an in-memory :class:`ArrayDataset`, a
-    :class:`~ride_jax.data.grain_loader.GrainLoader` for image files
-    (:class:`~ride_jax.data.folder_stream.FileDataset`), a :class:`StreamLoader`
-    (tf.data) otherwise.
+    :class:`~ride_jax.data.grain_loader.GrainLoader` for image files or records
+    (:class:`~ride_jax.data.folder_stream.FileDataset`,
+    :class:`~ride_jax.data.records.RecordDataset`), a :class:`StreamLoader` (tf.data)
+    otherwise.
 
     Raises:
       ValueError: settings the loader cannot honour: ``steps_per_call != 1`` or
@@ -526,7 +665,8 @@ def loader_from_config(dataset, config, mesh: Mesh | None = None, dtype: Any = j
     if isinstance(dataset, ArrayDataset):
         return make_loader(dataset, d.batch_size, eval_batch_size=d.eval_batch_size,
                            mesh=mesh, augment=d.augment, sampler=d.sampler,
-                           remainder=d.remainder, seed=config.seed, dtype=dtype)
+                           remainder=d.remainder, seed=config.seed, dtype=dtype,
+                           fuse=d.get("fuse_input", False))
     name = dataset.describe().get("name", type(dataset).__name__)
     steps_per_call = check_steps_per_call(config.get("steps_per_call", 1))
     if steps_per_call != 1:
@@ -537,8 +677,7 @@ def loader_from_config(dataset, config, mesh: Mesh | None = None, dtype: Any = j
         raise ValueError(f"data.augment={d.augment!r} does not apply to the streamed "
                          f"dataset {name!r}: its input pipeline runs the official "
                          "transforms; set --config.data.augment=none")
-    from ride_jax.data.folder_stream import FileDataset     # grain: only when used
-    if isinstance(dataset, FileDataset):
+    if hasattr(dataset, "grain_train_source"):     # image files or records: grain
         from ride_jax.data.grain_loader import GrainLoader
         return GrainLoader(dataset, d.batch_size, d.eval_batch_size, mesh, config.seed,
                            d.sampler, d.remainder, dtype, d.get("workers", 0))
