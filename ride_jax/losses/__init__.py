@@ -15,6 +15,8 @@ Prior-corrected (logit adjustment, Balanced Softmax):
     posthoc_logit_adjust (post-hoc: predict argmax of its output).
 RIDE:
     diversity_kl, ride_loss, ride_distill_loss.
+SADE (official Vanint/SADE-AgnosticLT):
+    sade_loss, sade_adjustments, inverse_prior, SADE_EPS, SADE_EXPERTS.
 ResLT (official jiequancui/ResLT):
     reslt_loss; class groups reslt_index_groups (CIFAR, RESLT_CIFAR_GROUPS),
     reslt_frequency_groups (ImageNet-LT / iNat, RESLT_FREQUENCY_GROUPS),
@@ -67,6 +69,7 @@ from ride_jax.losses.reslt import (
     reslt_loss,
 )
 from ride_jax.losses.ride import BASE_LOSSES, diversity_kl, ride_distill_loss, ride_loss
+from ride_jax.losses.sade import SADE_EPS, SADE_EXPERTS, inverse_prior, sade_adjustments, sade_loss
 from ride_jax.losses.routing import ensemble_correctness, routing_loss, routing_targets
 
 __all__ = [
@@ -110,6 +113,11 @@ __all__ = [
     "ride_schedule",
     "routing_loss",
     "routing_targets",
+    "SADE_EPS",
+    "SADE_EXPERTS",
+    "inverse_prior",
+    "sade_adjustments",
+    "sade_loss",
     "select_class_vectors",
     "softmax_kl",
 ]

@@ -18,13 +18,13 @@ from typing import Any
 import ml_collections
 
 from ride_jax.methods import (balanced_softmax, ce, focal, ldam_drw, logit_adjusted, reslt,
-                              ride, ride_reslt)
+                              ride, ride_reslt, sade)
 from ride_jax.methods.base import (FAMILIES, OUTPUT_KEYS, RESERVED_AUX, LossFn, Method,
                                    Recipe, checked)
 
 BUILTIN: dict[str, Method] = {m.name: m for m in (
     ride.METHOD, ldam_drw.METHOD, ce.METHOD, focal.METHOD, reslt.METHOD, ride_reslt.METHOD,
-    logit_adjusted.METHOD, balanced_softmax.METHOD)}
+    logit_adjusted.METHOD, balanced_softmax.METHOD, sade.METHOD)}
 NAMES = tuple(BUILTIN)
 
 __all__ = ["BUILTIN", "FAMILIES", "NAMES", "OUTPUT_KEYS", "RESERVED_AUX", "LossFn",
