@@ -23,7 +23,7 @@ Beyond stage 1 (``stage`` argument, see ``configs/common.py``: ``apply_stage``):
     python -m ride_jax.main --config=configs/cifar100_lt.py:loss=reslt --workdir=runs/c100_reslt
     python -m ride_jax.main --config=configs/cifar100_lt.py:loss=ride_reslt --workdir=...
 
-Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride_reslt
+Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride_reslt|logit_adjusted|balanced_softmax|sade
 (``configs/common.py``: ``apply_loss_preset``; ``ride_jax/methods/``), stage
 train|router|distill|crt|eval, smoke (2 epochs on a ratio-10 subset with 20 head
 images, for checking an install; ratio is ignored), epochs N (the recipe's schedule compressed to N epochs, ``common.apply_epoch_budget``;

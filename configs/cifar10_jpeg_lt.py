@@ -9,7 +9,7 @@
 
 Arguments: path (a ``train/<class>/NNNN.jpg`` + ``test/...`` folder or zip; default
 ``../shared/data/cifar10-jpeg/cifar10-jpeg.zip`` next to the repository, resolved from
-this file's location), ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride_reslt
+this file's location), ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride_reslt|logit_adjusted|balanced_softmax|sade
 (ResLT: the CIFAR-10 groups and beta, ``ride_jax/methods/reslt.py``: ``apply_cifar``),
 stage train|router|distill|crt|eval (as in cifar100_lt.py; router top_k = 10), smoke (two epochs on a head class of 100 images and
 ratio 10, whatever ``ratio`` says), img_max (head class size; default the full

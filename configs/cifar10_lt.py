@@ -6,7 +6,7 @@ configs/config_imbalance_cifar100_ride.json; RIDE ships no CIFAR-10 config).
     python -m ride_jax.main --config=configs/cifar10_lt.py:loss=ldam_drw --workdir=...
     python -m ride_jax.main --config=configs/cifar10_lt.py:smoke --workdir=/tmp/c10_smoke
 
-Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride_reslt
+Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride_reslt|logit_adjusted|balanced_softmax|sade
 (ResLT: the CIFAR-10 groups and beta, ``ride_jax/methods/reslt.py``: ``apply_cifar``), stage
 train|router|distill|crt|eval (as in cifar100_lt.py; the router sees all 10 sorted
 logits, top_k = 10), smoke (two

@@ -50,7 +50,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict()
     # A method of ride_jax.methods (ride | ldam_drw | ce | focal | reslt | ride_reslt |
-    # logit_adjusted | balanced_softmax) or your own 'package.module:attribute'.
+    # logit_adjusted | balanced_softmax | sade) or your own 'package.module:attribute'.
     c.loss.name = "ride"
     c.loss.reweight_epoch = 160      # DRW and class temperatures from epoch + 1
     c.loss.max_margin = 0.5          # LDAM max_m

@@ -8,7 +8,7 @@
         --config.init_from=runs/fm500 --workdir=runs/fm500_ea
     python -m ride_jax.main --config=configs/fashion_mnist_lt.py:smoke --workdir=/tmp/fm_smoke
 
-Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride_reslt
+Arguments: ratio 100|50|10, experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride_reslt|logit_adjusted|balanced_softmax|sade
 (ResLT: the CIFAR-10 groups and beta, ``ride_jax/methods/reslt.py``: ``apply_cifar``), img_max (head
 class size, default 6000 = all of Fashion-MNIST; 500 gives few-shot classes), stage
 train|router|distill|crt|eval, smoke (two

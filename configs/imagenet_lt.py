@@ -12,7 +12,7 @@ configs/config_imagenet_lt_{resnet10,resnet50,resnext50}_ride.json).
     python -m ride_jax.main --config=configs/imagenet_lt.py:loss=ride_reslt,backbone=rx50 --workdir=...
 
 Arguments: backbone r10|r50|rx50 (RIDE ResNet-10 | ResNet-50 | ResNeXt-50 32x4d; default
-r50), experts 1..6 (default 3), loss ride|ldam_drw|ce|focal|reslt|ride_reslt (ResLT:
+r50), experts 1..6 (default 3), loss ride|ldam_drw|ce|focal|reslt|ride_reslt|logit_adjusted|balanced_softmax|sade (ResLT:
 ``ride_jax/methods/reslt.py``), stage
 train|router|distill|crt|eval (``configs/common.py``: ``apply_stage``), data_dir (tfds
 data folder;

@@ -9,7 +9,7 @@ configs/config_iNaturalist_resnet50_ride.json).
     python -m ride_jax.main --config=configs/inat2018.py:loss=reslt --workdir=runs/inat_reslt
     python -m ride_jax.main --config=configs/inat2018.py:loss=ride_reslt --workdir=...
 
-Arguments: experts 1..6 (default 3), loss ride|ldam_drw|ce|focal|reslt|ride_reslt
+Arguments: experts 1..6 (default 3), loss ride|ldam_drw|ce|focal|reslt|ride_reslt|logit_adjusted|balanced_softmax|sade
 (ResLT: ``ride_jax/methods/reslt.py``), stage
 train|router|distill|crt|eval, backbone r50 (official;
 r10|rx50 also accepted), data_dir (tfds data folder; default ``$TFDS_DATA_DIR`` or

@@ -3,7 +3,7 @@
     python -m ride_jax.main --config=configs/synthetic_lt.py:smoke --workdir=runs/synthetic
     python -m ride_jax.main --config=configs/synthetic_lt.py:experts=2,loss=ldam_drw --workdir=...
 
-Arguments: experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride_reslt, stage
+Arguments: experts 1..6, loss ride|ldam_drw|ce|focal|reslt|ride_reslt|logit_adjusted|balanced_softmax|sade, stage
 train|router|distill|crt|eval (``configs/common.py``: ``apply_stage``), smoke (16x16
 images, 2 epochs of a few steps: seconds after compilation).
 """

@@ -3,7 +3,8 @@
 Built in: :mod:`~ride_jax.methods.ride`, :mod:`~ride_jax.methods.ldam_drw`,
 :mod:`~ride_jax.methods.ce`, :mod:`~ride_jax.methods.focal`,
 :mod:`~ride_jax.methods.reslt`, :mod:`~ride_jax.methods.ride_reslt`,
-:mod:`~ride_jax.methods.logit_adjusted`, :mod:`~ride_jax.methods.balanced_softmax`.
+:mod:`~ride_jax.methods.logit_adjusted`, :mod:`~ride_jax.methods.balanced_softmax`,
+:mod:`~ride_jax.methods.sade`.
 Each module defines ``METHOD``, a :class:`Method`. Adding one: a new file and a line in
 :data:`BUILTIN`; or, without editing ride_jax, ``loss.name='package.module:attribute'``
 (:func:`get`).
