@@ -296,7 +296,8 @@ def _time_stream(make_iter, count, images, repeats):
     batch, so batches arrive in bursts of up to 16, and the first window would ride on
     what the buffers filled during start-up.) The rate is taken from the medians of the
     two times over the repeats (more robust than the median of per-repeat ratios, which
-    a start-up jitter comparable to the extra time throws far off). Returns ``(rate,
+    a start-up jitter comparable to the extra time throws far off); where noise makes
+    the longer run no slower, it is the longer run's plain rate. Returns ``(rate,
     startup, times)``: images/s, the start-up estimate ``t(images) - images / rate`` and
     the per-repeat ``(t1, t2)`` seconds.
     """
@@ -307,8 +308,12 @@ def _time_stream(make_iter, count, images, repeats):
         times.append((t1, t2))
     t1 = statistics.median(t for t, _ in times)
     t2 = statistics.median(t for _, t in times)
-    rate = (n2 - n1) / (t2 - t1) if t2 > t1 else float("nan")
-    return rate, t1 - n1 / rate, times
+    if t2 > t1:
+        rate = (n2 - n1) / (t2 - t1)
+        return rate, t1 - n1 / rate, times
+    # Noise larger than the extra work (tiny runs, a loaded machine): the plain rate of
+    # the longer run, start-up included (a lower bound), and no start-up estimate.
+    return n2 / t2, 0.0, times
 
 
 class _FirstN:

@@ -44,6 +44,18 @@ class _QuietLibraries:
         return record.levelno >= 30 or "/orbax/" not in record.pathname
 
 
+def _quiet_closed_loop(hook):
+    """``sys.excepthook`` without one harmless report: when a restore of a damaged
+    checkpoint fails, Orbax closes its event loop while TensorStore reads of the same
+    checkpoint are still in flight; their late completion callbacks then print
+    ``RuntimeError: Event loop is closed`` tracebacks after the one-line error."""
+    def excepthook(kind, value, tb):
+        if kind is RuntimeError and str(value) == "Event loop is closed":
+            return
+        hook(kind, value, tb)
+    return excepthook
+
+
 def _user_error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -120,6 +132,7 @@ def main(argv: list[str]) -> int:
         _user_error(f"unexpected arguments: {argv[1:]} (options are --config=..., "
                     "--workdir=... and --config.KEY=VALUE)")
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    sys.excepthook = _quiet_closed_loop(sys.excepthook)
     config = _CONFIG.value
     from ride_jax import config_checks, configlib
     try:   # before jax starts or anything is written

@@ -349,3 +349,13 @@ def test_sigterm_while_compiling_exits_within_seconds(tmp_path):
     assert took < 8, took
     assert "interrupted while compiling, before any unsaved step; no checkpoint yet" in err
     assert not (tmp_path / "run.lock").exists() and (tmp_path / "config.json").exists()
+
+
+def test_late_closed_loop_reports_are_dropped_and_nothing_else():
+    from ride_jax.main import _quiet_closed_loop
+    seen = []
+    hook = _quiet_closed_loop(lambda kind, value, tb: seen.append((kind, str(value))))
+    hook(RuntimeError, RuntimeError("Event loop is closed"), None)
+    hook(RuntimeError, RuntimeError("something else"), None)
+    hook(ValueError, ValueError("Event loop is closed"), None)
+    assert seen == [(RuntimeError, "something else"), (ValueError, "Event loop is closed")]
