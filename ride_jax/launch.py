@@ -8,9 +8,10 @@ Each process runs ``python -m ride_jax.main <the flags after -->
 port, or ``--port``; CPU collectives: gloo) and form one mesh of every process's
 devices. ``--devices-per-process K`` gives each process K CPU devices
 (``--xla_force_host_platform_device_count``, ``JAX_PLATFORMS=cpu``): multi-process
-training on one machine without accelerators, as the tests run it. Without it each
-process sees the machine's own devices (one host with several GPUs: give each process
-its GPUs with ``CUDA_VISIBLE_DEVICES`` yourself, or run one process).
+training on one machine without accelerators, as the tests run it.
+``--gpus-per-process G`` gives process i the GPUs ``i*G .. i*G+G-1`` of the machine
+(``JAX_LOCAL_DEVICE_IDS``; not tested here: no GPU). With neither, each process sees
+all of the machine's devices (one process per host is then the usual choice).
 
 Signals: a SIGTERM or Ctrl-C to the launcher is sent on to every process as SIGTERM;
 they stop together at the same step, save one checkpoint and exit 0 (the run resumes
@@ -59,6 +60,8 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--processes", required=True, help="number of processes (>= 1)")
     parser.add_argument("--devices-per-process", default=None,
                         help="CPU devices per process (>= 1); default: the machine's devices")
+    parser.add_argument("--gpus-per-process", default=None,
+                        help="GPUs per process (>= 1): process i gets GPUs i*G .. i*G+G-1")
     parser.add_argument("--port", default=None, help="coordinator port (default: a free one)")
 
     parser.error = lambda message: _error(message)           # one line, exit 2
@@ -67,6 +70,11 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     args.processes = _positive("--processes", args.processes)
     if args.devices_per_process is not None:
         args.devices_per_process = _positive("--devices-per-process", args.devices_per_process)
+    if args.gpus_per_process is not None:
+        args.gpus_per_process = _positive("--gpus-per-process", args.gpus_per_process)
+        if args.devices_per_process is not None:
+            _error("--gpus-per-process and --devices-per-process (CPU devices) exclude "
+                   "each other")
     if args.port is not None:
         port = _positive("--port", args.port)
         if port > 65535:
@@ -94,10 +102,15 @@ def _free_port() -> int:
 
 
 def process_env(base: dict, index: int, processes: int, port: int,
-                devices_per_process: int | None) -> dict:
-    """The environment of process ``index``: how it joins, and its CPU devices."""
+                devices_per_process: int | None, gpus_per_process: int | None = None) -> dict:
+    """The environment of process ``index``: how it joins, and its CPU devices or its
+    GPUs (``JAX_LOCAL_DEVICE_IDS``, which ``jax.distributed.initialize`` reads)."""
     env = dict(base, **{PROCESS_ID_ENV: str(index), NUM_PROCESSES_ENV: str(processes),
                         COORDINATOR_ENV: f"localhost:{port}"})
+    if gpus_per_process is not None:
+        first = index * gpus_per_process
+        env["JAX_LOCAL_DEVICE_IDS"] = ",".join(
+            str(g) for g in range(first, first + gpus_per_process))
     if devices_per_process is not None:
         flags = [f for f in env.get("XLA_FLAGS", "").split()
                  if not f.startswith("--xla_force_host_platform_device_count")]
@@ -134,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         for i in range(args.processes):
-            env = process_env(os.environ, i, args.processes, port, args.devices_per_process)
+            env = process_env(os.environ, i, args.processes, port, args.devices_per_process,
+                              args.gpus_per_process)
             # Own session: a terminal's Ctrl-C reaches the launcher, which sends it on once.
             p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True, bufsize=1, start_new_session=True)

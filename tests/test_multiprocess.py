@@ -156,6 +156,9 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(one_process, tmp
      "--port=70000 is invalid: expected 1..65535"),
     (["--processes", "2", "--"], "no flags for ride_jax.main after '--' (--config=... "
                                  "--workdir=...)"),
+    (["--processes", "2", "--gpus-per-process", "2", "--devices-per-process", "2", "--",
+      "--config=x"], "--gpus-per-process and --devices-per-process (CPU devices) exclude "
+                     "each other"),
 ])
 def test_launch_mistakes_are_one_line(args, message):
     p = subprocess.run([sys.executable, "-m", "ride_jax.launch", *args], cwd=ROOT,
@@ -172,6 +175,8 @@ def test_each_process_gets_its_id_the_coordinator_and_its_cpu_devices():
     assert env["JAX_COORDINATOR_ADDRESS"] == "localhost:4321"
     assert env["XLA_FLAGS"] == "--xla_foo=1 --xla_force_host_platform_device_count=4"
     assert env["JAX_PLATFORMS"] == "cpu"
+    gpus = process_env({}, 2, 4, 1, None, gpus_per_process=2)
+    assert gpus["JAX_LOCAL_DEVICE_IDS"] == "4,5" and "XLA_FLAGS" not in gpus
     from ride_jax.main import distributed_args
     assert distributed_args(env) == {"process_id": 1, "num_processes": 3}
     assert distributed_args({}) == {}
