@@ -19,7 +19,22 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="figures and a summary of a finished run")
     run.add_argument("--workdir", required=True, help="the run's workdir")
     run.add_argument("--out", default=None, help="output folder (default WORKDIR/analysis)")
+    shift = sub.add_parser("shift", help="accuracy of a finished run on the eleven shifted "
+                           "test distributions (forward 50 ... uniform ... backward 50)")
+    what = shift.add_mutually_exclusive_group(required=True)
+    what.add_argument("--run", help="the run's workdir: shift.json and shift.png go into "
+                      "RUN/analysis (or --out)")
+    what.add_argument("--compare", nargs="+", metavar="DIR",
+                      help="several runs' workdirs: one shift.png in --out overlays them")
+    shift.add_argument("--which", default="latest",
+                       help="checkpoint: latest (default), best or a step number")
+    shift.add_argument("--names", nargs="+", default=None, help="--compare: run names")
+    shift.add_argument("--out", default=None, help="output folder (default RUN/analysis; "
+                       "--compare: the current folder)")
     args = parser.parse_args(argv)
+    if args.command == "shift":
+        from ride_jax.analysis.shift import command
+        return command(args)
     from ride_jax.analysis.runs import analyze_run
     try:
         summary = analyze_run(args.workdir, args.out)
