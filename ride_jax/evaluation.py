@@ -3,7 +3,8 @@
 The step turns a batch into masked per-class sums (:mod:`ride_jax.metrics`); the
 evaluator adds them over the test set, summarises them (overall, many / medium / few,
 per class, per expert; routed inference: experts used and expected MACs; post-hoc logit
-adjustment beside the plain numbers), writes ``eval/epoch_NNNN.json`` and the
+adjustment beside the plain numbers; calibration: top-label ECE overall and per shot
+group, with the per-bin counts of a reliability diagram), writes ``eval/epoch_NNNN.json`` and the
 ``eval/*`` metrics, and keeps the run's best and last evaluation in ``results.json``.
 """
 
@@ -21,13 +22,16 @@ from absl import logging
 from jax.sharding import PartitionSpec as P
 
 from ride_jax import flops, losses, metrics
+from ride_jax.data.long_tail import shot_masks
 from ride_jax.models import routed_apply, tau_normalize
 from ride_jax.sharding import DATA_AXIS
 
 GROUPS = ("many", "medium", "few")
 # The scalars of a summary written as eval/<name> metrics.
 SCALARS = ("accuracy", "top5", "class_mean_accuracy", "many", "medium", "few", "loss",
-           "mean_experts")
+           "mean_experts", "ece", "ece_many", "ece_medium", "ece_few")
+# Equal-width confidence bins of the evaluation's calibration (ECE, reliability diagram).
+CALIBRATION_BINS = 15
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -41,8 +45,14 @@ def write_json(path: str, obj: Any) -> None:
 def make_eval_step(model, *, tau: float = -1.0, router=None, mesh=None,
                    num_buckets: int = 4, force_all: bool = False,
                    transform: Callable[[dict], dict] | None = None,
-                   class_counts: Any = None, logit_adjust_tau: float = 0.0) -> Callable:
+                   class_counts: Any = None, logit_adjust_tau: float = 0.0,
+                   calibration_bins: int = CALIBRATION_BINS) -> Callable:
     """``(state, batch) -> eval_counts`` (masked sums, see :mod:`ride_jax.metrics`).
+
+    The counts also hold ``'calibration'``: :func:`ride_jax.metrics.calibration_counts`
+    of the softmax of the evaluated logits (the ones the accuracy scores: after tau-norm,
+    the method's transform and routing), under ``'all'`` and, with ``class_counts``, per
+    shot group of those training counts (``'many'``, ``'medium'``, ``'few'``).
 
     Args:
       tau: >= 0: evaluate with tau-normalised linear heads (:func:`tau_normalize`).
@@ -52,12 +62,16 @@ def make_eval_step(model, *, tau: float = -1.0, router=None, mesh=None,
       num_buckets, force_all: see :func:`routed_apply`.
       transform: the method's evaluation transform of the outputs
         (:attr:`ride_jax.methods.Method.eval_transform`), applied before predicting.
-      class_counts, logit_adjust_tau: > 0: also count the post-hoc logit-adjusted
+      class_counts: the training class counts (shot groups of the calibration; the prior
+        of the post-hoc adjustment).
+      logit_adjust_tau: > 0: also count the post-hoc logit-adjusted
         prediction ``argmax(logits - tau * log(prior))`` (prior: the training
         ``class_counts``; :func:`ride_jax.losses.posthoc_logit_adjust`) under
         ``'posthoc_adjusted'``.
+      calibration_bins: equal-width confidence bins of the calibration counts.
     """
     transform = transform or (lambda out: out)
+    groups = {} if class_counts is None else shot_masks(class_counts)
 
     def eval_fn(state, batch):
         variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
@@ -82,6 +96,11 @@ def make_eval_step(model, *, tau: float = -1.0, router=None, mesh=None,
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
         counts = metrics.eval_counts(logits, batch["label"], batch.get("mask"),
                                      out["expert_logits"].astype(jnp.float32), loss, **extra)
+        # Routed: ``logits`` is the global [B, C] output of the shard_map (out_specs
+        # P(DATA_AXIS)), so the calibration counts are those of the routed prediction.
+        counts["calibration"] = metrics.group_calibration_counts(
+            jax.nn.softmax(logits, axis=-1), batch["label"], groups, calibration_bins,
+            batch.get("mask"))
         if router is not None:
             counts["all_experts"] = metrics.eval_counts(all_logits, batch["label"],
                                                         batch.get("mask"))
@@ -91,6 +110,28 @@ def make_eval_step(model, *, tau: float = -1.0, router=None, mesh=None,
                                                            batch.get("mask"))
         return counts
     return eval_fn
+
+
+def calibration_summary(calibration: dict[str, dict]) -> dict[str, Any]:
+    """``{'ece', 'ece_many', 'ece_medium', 'ece_few', 'calibration'}`` from the summed
+    ``'calibration'`` counts of :func:`make_eval_step`.
+
+    ECE values are fractions (:func:`ride_jax.metrics.ece_from_counts`); a shot group
+    without test examples (or without class counts in the step) has None. ``'calibration'``
+    holds the overall per-bin ``count``, ``confidence_sum`` and ``correct`` as lists
+    (what :func:`ride_jax.metrics.reliability_diagram` draws).
+    """
+    def ece(counts):
+        if counts is None or float(jax.device_get(counts["count"]).sum()) <= 0:
+            return None
+        return metrics.ece_from_counts(counts)
+
+    out: dict[str, Any] = {"ece": ece(calibration["all"])}
+    for g in GROUPS:
+        out[f"ece_{g}"] = ece(calibration.get(g))
+    out["calibration"] = {k: [float(x) for x in jax.device_get(calibration["all"][k])]
+                          for k in ("count", "confidence_sum", "correct")}
+    return out
 
 
 class Evaluator:
@@ -169,9 +210,13 @@ class Evaluator:
         return dict(summary, is_best=is_best)
 
     def _summarize(self, counts) -> dict[str, Any]:
+        counts = dict(counts)
         all_experts = counts.pop("all_experts", None)
         adjusted = counts.pop("posthoc_adjusted", None)
+        calibration = counts.pop("calibration", None)
         summary = metrics.summarize(counts, self.train_counts)
+        if calibration is not None:
+            summary.update(calibration_summary(calibration))
         if all_experts is not None:      # routed inference: compute and the comparison
             full = metrics.summarize(all_experts, self.train_counts)
             summary["all_experts"] = {k: full[k] for k in ("accuracy",) + GROUPS}
@@ -189,6 +234,10 @@ class Evaluator:
 
     @staticmethod
     def _log(epoch: int, summary: dict) -> None:
+        if summary.get("ece") is not None:
+            logging.info("eval epoch %d: ECE %.4f  %s", epoch, summary["ece"], "  ".join(
+                f"{g} {summary['ece_' + g]:.4f}" for g in GROUPS
+                if summary.get("ece_" + g) is not None))
         def groups(s):
             return "  ".join(f"{g} {s[g]:.4f}" for g in GROUPS if s.get(g) is not None)
         absent = [g for g in GROUPS if summary.get(g) is None]

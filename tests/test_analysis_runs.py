@@ -54,7 +54,8 @@ def test_predictions_reproduce_the_trainers_evaluation(runs):
 def test_analyze_run_writes_figures_and_summary(runs, tmp_path):
     s = analyze_run(runs / "s1", tmp_path / "out")
     names = sorted(pathlib.Path(f).name for f in s["files"])
-    assert names == ["accuracy_vs_count.png", "confusion.png", "hardest_negatives.png"]
+    assert names == ["accuracy_vs_count.png", "confusion.png", "hardest_negatives.png",
+                     "reliability.png"]
     for f in s["files"]:
         assert _png_size(f) == (640, 480)
     saved = json.loads((tmp_path / "out" / "analysis.json").read_text())

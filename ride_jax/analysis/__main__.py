@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     files = summary.pop("files")
     short = {k: summary[k] for k in ("accuracy", "groups", "hardest_negative_mean",
-                                     "mean_experts")}
+                                     "mean_experts", "ece") if k in summary}
     print(json.dumps(short, indent=1))
     print("wrote " + ", ".join(files))
     return 0

@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from ride_jax import evaluation, metrics
 from ride_jax.analysis import core, plots
 
 # A confusion matrix is drawn only for this many classes or fewer (readable at 640 px).
@@ -93,14 +94,37 @@ def predict_run(workdir: str | os.PathLike, *, dataset: Any = None,
             "config": cfg}
 
 
+def _last_evaluation(workdir: str | os.PathLike) -> dict[str, Any] | None:
+    """The newest ``eval/epoch_NNNN.json`` of a run (None without one)."""
+    eval_dir = os.path.join(os.fspath(workdir), "eval")
+    if not os.path.isdir(eval_dir):
+        return None
+    epochs = []
+    for name in os.listdir(eval_dir):
+        stem, ext = os.path.splitext(name)
+        if ext == ".json" and stem.startswith("epoch_") and stem[6:].isdigit():
+            epochs.append((int(stem[6:]), name))
+    if not epochs:
+        return None
+    with open(os.path.join(eval_dir, max(epochs)[1])) as f:
+        return json.load(f)
+
+
 def analyze_run(workdir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
                 dataset: Any = None, predictions: dict | None = None) -> dict[str, Any]:
     """Figures and a JSON summary of a finished run, in ``out_dir`` (``<workdir>/analysis``).
 
     Writes ``accuracy_vs_count.png``, ``hardest_negatives.png``, ``confusion.png`` (for
     at most :data:`CONFUSION_MAX_CLASSES` classes), ``expert_usage.png`` (runs with a
-    router) and ``analysis.json`` (per-class accuracy and training counts, accuracy and
-    mean hardest-negative score per shot group, experts used per class).
+    router), ``reliability.png`` (the reliability diagram of the run's last evaluation,
+    from the per-bin calibration counts stored in its ``eval/epoch_NNNN.json``, when
+    present) and ``analysis.json`` (per-class accuracy and training counts, accuracy,
+    ECE and mean hardest-negative score per shot group, experts used per class).
+
+    ``'ece'`` is the top-label ECE (a fraction; :func:`ride_jax.metrics.group_ece`, 15
+    bins) of the softmax of the predictions, overall (``'all'``) and per shot group (None
+    for an empty group); ``'last_evaluation'`` (when the run has one) gives the epoch
+    and ECE that the trainer's last evaluation reported.
 
     Args:
       predictions: :func:`predict_run`'s output, if already computed.
@@ -132,6 +156,16 @@ def analyze_run(workdir: str | os.PathLike, out_dir: str | os.PathLike | None = 
         files.append(plots.plot_expert_usage(usage, counts,
                                              os.path.join(out_dir, "expert_usage.png")))
 
+    ece = metrics.group_ece(core.softmax(p["logits"]).astype(np.float32), labels, counts,
+                            num_bins=evaluation.CALIBRATION_BINS)
+    last_eval = _last_evaluation(workdir)
+    if last_eval is not None and last_eval.get("calibration") is not None and sum(
+            last_eval["calibration"]["count"]) > 0:
+        files.append(metrics.reliability_diagram(
+            {k: np.asarray(v, np.float64) for k, v in last_eval["calibration"].items()},
+            os.path.join(out_dir, "reliability.png"),
+            title=f"epoch {last_eval.get('epoch')}"))
+
     def clean(x):
         return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
 
@@ -147,7 +181,12 @@ def analyze_run(workdir: str | os.PathLike, out_dir: str | os.PathLike | None = 
                       "accuracy": [clean(a) for a in acc],
                       "experts_used": usage.T.tolist()},
         "mean_experts": float(np.mean(p["num_experts"])),
+        "ece": {g: clean(v) for g, v in ece.items()},
     }
+    if last_eval is not None:
+        summary["last_evaluation"] = {
+            "epoch": last_eval.get("epoch"),
+            **{k: last_eval.get(k) for k in ("ece", "ece_many", "ece_medium", "ece_few")}}
     with open(os.path.join(out_dir, "analysis.json"), "w") as f:
         json.dump(summary, f, indent=1)
     summary["files"] = files
