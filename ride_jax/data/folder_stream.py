@@ -27,8 +27,37 @@ from ride_jax.data.long_tail import PROFILES
 TEST_SPLITS = ("test", "val")
 
 
+class LabelledImages:
+    """What a streamed dataset of labelled images tells the trainer, from its
+    ``train_labels``, ``test_labels``, ``num_classes``, ``image_size``, ``name`` and
+    ``info`` (:class:`FileDataset`, :class:`~ride_jax.data.records.RecordDataset`)."""
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        return np.bincount(self.train_labels, minlength=self.num_classes).astype(np.int64)
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_labels)
+
+    @property
+    def num_test(self) -> int:
+        return len(self.test_labels)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.image_size, self.image_size, 3)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable summary, written next to a run."""
+        return {"name": self.name, "num_classes": self.num_classes,
+                "num_train": self.num_train, "num_test": self.num_test,
+                "image_shape": list(self.image_shape),
+                "train_counts": self.train_counts.tolist(), "info": dict(self.info)}
+
+
 @dataclasses.dataclass(frozen=True)
-class FileDataset:
+class FileDataset(LabelledImages):
     """A long-tailed dataset of image files, read when needed (see the module docstring).
 
     Attributes:
@@ -57,28 +86,6 @@ class FileDataset:
     selected: np.ndarray
     info: Mapping[str, Any]
 
-    @property
-    def train_counts(self) -> np.ndarray:
-        return np.bincount(self.train_labels, minlength=self.num_classes).astype(np.int64)
-
-    @property
-    def num_train(self) -> int:
-        return len(self.train_paths)
-
-    @property
-    def num_test(self) -> int:
-        return len(self.test_paths)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.image_size, self.image_size, 3)
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-serialisable summary, written next to a run."""
-        return {"name": self.name, "num_classes": self.num_classes,
-                "num_train": self.num_train, "num_test": self.num_test,
-                "image_shape": list(self.image_shape),
-                "train_counts": self.train_counts.tolist(), "info": dict(self.info)}
 
     def grain_train_source(self):
         """The training files with the official training transform (grain source)."""

@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ride_jax.data.folder_stream import LabelledImages
 from ride_jax.data.grain_pipeline import (FileSource, official_eval_transform,
                                           official_train_transform)
 
@@ -66,7 +67,7 @@ class RecordSource(FileSource):
 
 
 @dataclasses.dataclass(frozen=True)
-class RecordDataset:
+class RecordDataset(LabelledImages):
     """A prepared streamed dataset (see the module docstring); the interface of
     :class:`~ride_jax.data.folder_stream.FileDataset`."""
     root: str
@@ -81,28 +82,6 @@ class RecordDataset:
     resize_size: int
     color_jitter: bool
     info: Mapping[str, Any]
-
-    @property
-    def train_counts(self) -> np.ndarray:
-        return np.bincount(self.train_labels, minlength=self.num_classes).astype(np.int64)
-
-    @property
-    def num_train(self) -> int:
-        return len(self.train_labels)
-
-    @property
-    def num_test(self) -> int:
-        return len(self.test_labels)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.image_size, self.image_size, 3)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "num_classes": self.num_classes,
-                "num_train": self.num_train, "num_test": self.num_test,
-                "image_shape": list(self.image_shape),
-                "train_counts": self.train_counts.tolist(), "info": dict(self.info)}
 
     def grain_train_source(self) -> RecordSource:
         return RecordSource(_records_path(self.root, "train"), self.train_labels,

@@ -61,8 +61,10 @@ def shift_names(dataset: str) -> tuple[str, ...]:
     return _DATASETS[_check_dataset(dataset)][1]
 
 
-def _parse(text: str, source: str) -> tuple[tuple[str, ...], np.ndarray]:
-    """``path label`` lines -> ``(paths, [N] int64 labels)`` (``read_list``'s format)."""
+def parse_list(text: str, source: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """``path label`` lines -> ``(paths, [N] int64 labels)``: the format of every list
+    the package ships (``tfds_sources.read_list`` reads them with it); ``source`` names
+    the list in errors."""
     paths, labels = [], []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -87,7 +89,7 @@ def _read_packaged(folder: str | None, filename: str) -> tuple[tuple[str, ...], 
     if not res.is_file():
         raise FileNotFoundError(f"the shipped list {source} is missing: the package data "
                                 f"of {LISTS_PACKAGE} was not installed")
-    paths, labels = _parse(gzip.decompress(res.read_bytes()).decode(), source)
+    paths, labels = parse_list(gzip.decompress(res.read_bytes()).decode(), source)
     labels.setflags(write=False)
     return paths, labels
 

@@ -35,6 +35,7 @@ from ride_jax.data.base import (CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_S
                                 INAT_MEAN, INAT_STD, ArrayDataset, ArraySplit)
 from ride_jax.data.long_tail import PROFILES, long_tail_counts, select_long_tail
 from ride_jax.data.streaming import FileListSplit, StreamingDataset, TfdsSplit
+from ride_jax.data.test_agnostic import parse_list
 
 tf.config.set_visible_devices([], "GPU")
 
@@ -189,18 +190,7 @@ def read_list(source: str | os.PathLike) -> tuple[tuple[str, ...], np.ndarray]:
                                     f"shipped in {LISTS_PACKAGE})")
         data = res.read_bytes()
         text = (gzip.decompress(data) if source.endswith(".gz") else data).decode()
-    paths, labels = [], []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise ValueError(f"{source}:{n}: expected 'relative/path label', got {line!r}")
-        paths.append(parts[0])
-        labels.append(int(parts[1]))
-    if not paths:
-        raise ValueError(f"list {source!r} is empty")
-    return tuple(paths), np.asarray(labels, np.int64)
+    return parse_list(text, source)
 
 
 def _scan(split: TfdsSplit, missing_message: str, cache_dir: str | None) -> np.ndarray:
