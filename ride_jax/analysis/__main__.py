@@ -31,7 +31,22 @@ def main(argv: list[str] | None = None) -> int:
     shift.add_argument("--names", nargs="+", default=None, help="--compare: run names")
     shift.add_argument("--out", default=None, help="output folder (default RUN/analysis; "
                        "--compare: the current folder)")
-    args = parser.parse_args(argv)
+    seeds = sub.add_parser("seeds", help="N seeds of a recipe (resumable): mean +- std of "
+                           "every metric; --compare tabulates several seeds folders")
+    seeds.add_argument("--config", default=None, help="recipe, configs/X.py[:args]; "
+                       "--config.KEY=VALUE overrides follow")
+    seeds.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    seeds.add_argument("--workdir", default=None, help="folder of the seed_KK runs")
+    seeds.add_argument("--shift", action="store_true",
+                       help="also mean +- std per shifted test distribution")
+    seeds.add_argument("--compare", nargs="+", metavar="DIR", help="finished seeds folders")
+    seeds.add_argument("--out", default=None, help="--compare: output folder (default .)")
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "seeds":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "seeds":
+        from ride_jax.analysis.seeds import command as seeds_command
+        return seeds_command(args, extra)
     if args.command == "shift":
         from ride_jax.analysis.shift import command
         return command(args)
