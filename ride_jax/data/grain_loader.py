@@ -25,8 +25,10 @@ steps before it; the checkpointed step is the whole iterator state.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Iterator
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,6 +71,10 @@ class GrainLoader(ReadyBatches):
         self.dataset, self.mesh, self.seed = dataset, mesh, int(seed)
         self.sampler, self.remainder, self.workers = sampler, remainder, int(workers)
         self.dtype = dtype
+        # One reader thread per core (at most grain's default 16): PIL holds the GIL for
+        # part of each image, so more threads than cores only contend (2 cores:
+        # BENCHMARKS.md, "grain reader threads").
+        self.read_options = grain.ReadOptions(num_threads=max(1, min(16, os.cpu_count() or 1)))
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self._sizes = epoch_steps(dataset.num_train, self.batch_size, remainder, mesh.size)
         if not self._sizes:
@@ -124,7 +130,7 @@ class GrainLoader(ReadyBatches):
             sampler=self.sampler, num_classes=self.dataset.num_classes,
             remainder=self.remainder, process_index=jax.process_index(),
             process_count=jax.process_count(), multiple=self.mesh.size, start_step=int(start),
-            worker_count=self.workers)
+            worker_count=self.workers, read_options=self.read_options)
         try:
             for _, local in zip(range(start, end), it):
                 yield 1, self._global(local, ("image", "label"))
@@ -139,7 +145,8 @@ class GrainLoader(ReadyBatches):
             return
         it = make_eval_iter(self.test_source, batch_size=self.eval_batch_size,
                             process_index=jax.process_index(),
-                            process_count=jax.process_count(), worker_count=self.workers)
+                            process_count=jax.process_count(), worker_count=self.workers,
+                            read_options=self.read_options)
         try:
             for local in it:
                 yield self._global(local, ("image", "label", "mask"))
