@@ -158,3 +158,16 @@ def test_input_pipeline_streaming_side_by_side_runs(tmp_path):
                           "--pipelines", "grain,bogus"], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "bogus" in bad.stderr
+
+
+def test_grain_threads_prints_a_row_per_setting():
+    proc = subprocess.run([sys.executable, "benchmarks/grain_threads.py", "--images", "8",
+                           "--batch", "4", "--repeats", "1", "--settings", "0:1,0:2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 0 |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["1", "2"]
+    assert all(float(r.split("|")[3]) > 0 for r in rows)
+    bad = subprocess.run([sys.executable, "benchmarks/grain_threads.py", "--settings", "x"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "workers:threads" in bad.stderr
