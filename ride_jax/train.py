@@ -143,22 +143,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     jit = functools.partial(jax.jit, compiler_options=xla_options)
     init = jax.jit(functools.partial(init_state, model, tx, sample, stage, router),
                    out_shardings=repl)
-    # A step takes the loader's call inputs (a ready batch, or with data.fuse_input an
-    # in-memory loader's epoch plan and step number) and makes its batch with the
-    # loader's pure step_batch; the inputs keep their own shardings (None).
-    def input_step(fn, sharding, name):
-        def step(state, inputs, consts=None):
-            batch = jax.lax.with_sharding_constraint(loader.step_batch(inputs), sharding)
-            return fn(state, batch, consts)
-        step.__name__ = name
-        return step
-    train_step = jit(input_step(step_fn, batch_sh, "train_step"),
+    # The call inputs keep their own shardings (None): see _input_step.
+    train_step = jit(_input_step(loader, step_fn, batch_sh, "train_step"),
                      in_shardings=(repl, None, repl), out_shardings=(repl, repl),
                      donate_argnums=0)
     multi_step = None
     if steps_per_call != 1:
-        multi_step = jit(input_step(make_multi_step(step_fn, scan_unroll(platform)),
-                                    loader.chunk_sharding(), "multi_step"),
+        multi_step = jit(_input_step(loader, make_multi_step(step_fn, scan_unroll(platform)),
+                                     loader.chunk_sharding(), "multi_step"),
                          in_shardings=(repl, None, repl), out_shardings=(repl, repl),
                          donate_argnums=0)
     transform = method.eval_transform and method.eval_transform(config, train_counts)
@@ -208,6 +200,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             ckpt.close()
             if writer is not None:
                 writer.close()
+
+
+def _input_step(loader, fn, sharding, name: str):
+    """``fn(state, batch, consts)`` taking the loader's call inputs instead of a batch (a
+    ready batch, or with ``data.fuse_input`` an in-memory loader's epoch plan and step
+    number): the batch is made inside the step by the loader's pure ``step_batch``."""
+    def step(state, inputs, consts=None):
+        batch = jax.lax.with_sharding_constraint(loader.step_batch(inputs), sharding)
+        return fn(state, batch, consts)
+    step.__name__ = name
+    return step
 
 
 def _sources(config, stage: stages.Stage, model, dataset, described, barriers, repl):
