@@ -22,9 +22,9 @@ def _cli(*args, cwd=ROOT):
                           env=env, cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
-def _train(workdir):
+def _train(workdir, *extra):
     return _cli(f"--config={ROOT / RECIPE}", "--seeds=2", f"--workdir={workdir}",
-                *OVERRIDES)
+                *OVERRIDES, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +70,27 @@ def test_seeds_json_is_numpy_mean_and_sample_std(seeds_dir):
     assert "accuracy" in out and "+-" in out
 
 
-def test_rerun_does_not_retrain(seeds_dir):
+def test_rerun_does_not_retrain_and_shift_adds_per_distribution_stats(seeds_dir):
+    """A rerun with ``--shift`` trains nothing, evaluates each member on the eleven
+    distributions (its analysis/shift.json) and reports their mean +- std (ddof=1)."""
     d, _ = seeds_dir
     files = [d / f"seed_{k:02d}" / "results.json" for k in range(2)]
     mtimes = [f.stat().st_mtime_ns for f in files]
-    p = _train(d)
+    p = _train(d, "--shift")
     assert p.returncode == 0, p.stderr[-3000:]
     assert [f.stat().st_mtime_ns for f in files] == mtimes
     assert p.stdout.count("already finished") == 2
+    shift = json.loads((d / "seeds.json").read_text())["shift"]
+    members = _members(d, "analysis/shift.json")
+    assert list(shift) == list(members[0]["distributions"]) and len(shift) == 11
+    for name, e in shift.items():
+        acc = [m["distributions"][name]["accuracy"] for m in members]
+        assert e["accuracy"]["mean"] == pytest.approx(np.mean(acc), abs=1e-12)
+        assert e["accuracy"]["std"] == pytest.approx(np.std(acc, ddof=1), abs=1e-12)
+        pc = [m["distributions"][name]["prior_corrected"]["accuracy"] for m in members]
+        assert e["prior_corrected"]["mean"] == pytest.approx(np.mean(pc), abs=1e-12)
+        assert e["tta"] is None                          # RIDE: no test-time aggregation
+    assert "backward50" in p.stdout and "prior-corrected" in p.stdout
 
 
 def test_compare_tabulates(seeds_dir, tmp_path):

@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     shift.add_argument("--which", default="latest",
                        help="checkpoint: latest (default), best or a step number")
     shift.add_argument("--names", nargs="+", default=None, help="--compare: run names")
+    tta = shift.add_mutually_exclusive_group()
+    tta.add_argument("--tta", dest="tta", action="store_true", default=None,
+                     help="test-time self-supervised aggregation of the experts (SADE) per "
+                     "distribution, for any multi-expert run (SADE runs: by default)")
+    tta.add_argument("--no-tta", dest="tta", action="store_false",
+                     help="no test-time aggregation, not even for a SADE run")
     shift.add_argument("--out", default=None, help="output folder (default RUN/analysis; "
                        "--compare: the current folder)")
     seeds = sub.add_parser("seeds", help="N seeds of a recipe (resumable): mean +- std of "

@@ -9,7 +9,9 @@ has a router) and returns host arrays; ``analyze_run(workdir)`` writes the figur
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 from typing import Any
 
@@ -24,31 +26,52 @@ from ride_jax.analysis import core, plots
 CONFUSION_MAX_CLASSES = 30
 
 
-def predict_run(workdir: str | os.PathLike, *, dataset: Any = None,
-                batch_size: int | None = None) -> dict[str, Any]:
-    """Test-set outputs of a finished run (its newest checkpoint), on the host.
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+    """A checkpoint of a finished run, ready to evaluate images (see :func:`load_predictor`).
+
+    Attributes:
+      apply: jitted ``(variables, images [B, H, W, C] normalised) -> (logits [B, C],
+        expert_logits [E, B, C], num_experts [B] int32)``: the run's evaluation (the
+        method's evaluation transform, routed inference when the run has a router).
+      variables: ``{'params', 'batch_stats'}`` (tau-normalised when ``tau >= 0``).
+      dataset: the in-memory dataset.
+      config: the run's config (JSON dict).
+      experts: jitted ``(variables, images) -> expert_logits [E, B, C]`` (every expert,
+        no router, no transform).
+      num_experts: E.
+      routed: the run has a router.
+      dtype: the network's input dtype.
+    """
+    apply: Any
+    variables: Any
+    dataset: Any
+    config: dict
+    experts: Any
+    num_experts: int
+    routed: bool
+    dtype: Any
+
+
+def load_predictor(workdir: str | os.PathLike, *, dataset: Any = None,
+                   which: str | int = "latest") -> Predictor:
+    """Checkpoint ``which`` (``'latest'``, ``'best'`` or a step) of a run, with the run's own
+    evaluation settings, as a :class:`Predictor`.
 
     Args:
-      workdir: the run's workdir.
       dataset: the in-memory dataset to use instead of the one the run's config names
         (e.g. when its files moved); must have the run's number of classes.
-      batch_size: evaluation batch (default: the run's ``data.eval_batch_size``).
 
-    Returns:
-      ``{'logits': [N, C] float32 (what the run's evaluation scores), 'expert_logits':
-      [E, N, C], 'labels': [N] int, 'num_experts': [N] int (experts used; E without a
-      router), 'routed': bool (the run has a router), 'train_counts': [C],
-      'class_names': list | None, 'config': dict}``.
+    Raises:
+      ValueError: the dataset is streamed (one line).
     """
     from ride_jax.data.base import ArrayDataset
-    from ride_jax.data.loader import data_mesh
-    from ride_jax.data import make_loader
     from ride_jax.models import make_router, routed_apply, tau_normalize
     from ride_jax.checkpointing import load_run
     from ride_jax.networks import DTYPES, model_from_config
     from ride_jax.train import build_dataset
 
-    cfg, variables, _ = load_run(os.fspath(workdir))
+    cfg, variables, _ = load_run(os.fspath(workdir), which)
     config = ml_collections.ConfigDict(cfg)
     ds = build_dataset(config) if dataset is None else dataset
     if not isinstance(ds, ArrayDataset):
@@ -56,12 +79,9 @@ def predict_run(workdir: str | os.PathLike, *, dataset: Any = None,
                          "is streamed (prepare a cache with python -m ride_jax.data.prepare "
                          "and pass it as dataset=load_cache(...))")
     model = model_from_config(cfg["model"], ds.num_classes)
-    mesh = data_mesh(jax.devices()[:1])
-    loader = make_loader(ds, config.data.batch_size,
-                         eval_batch_size=batch_size or config.data.eval_batch_size, mesh=mesh,
-                         augment="none", dtype=DTYPES[config.model.dtype])
     if config.tau >= 0:
         variables = tau_normalize(variables, config.tau)
+    transform = _eval_transform(config, np.asarray(ds.train_counts))
     router = None
     if "router" in variables["params"]:
         router = make_router(model, ds.image_shape, top_k=config.router.top_k,
@@ -70,18 +90,72 @@ def predict_run(workdir: str | os.PathLike, *, dataset: Any = None,
     @jax.jit
     def apply(variables, images):
         out = model.apply(variables, images, train=False)
-        logits = out["logits"]
+        logits = transform(out)["logits"]
         used = jax.numpy.full(images.shape[:1], model.num_experts, jax.numpy.int32)
         if router is not None:
             r = routed_apply(model, router, variables, images,
                              num_buckets=config.router.num_buckets,
                              force_all=config.router.force_all)
-            logits, used = r["logits"], r["num_experts"]
+            logits, used = transform(r)["logits"], r["num_experts"]
         return logits, out["expert_logits"], used
 
+    @jax.jit
+    def experts(variables, images):
+        return model.apply(variables, images, train=False)["expert_logits"]
+
+    return Predictor(apply=apply, variables=variables, dataset=ds, config=cfg,
+                     experts=experts, num_experts=model.num_experts, routed=router is not None,
+                     dtype=DTYPES[config.model.dtype])
+
+
+def _eval_transform(config: ml_collections.ConfigDict, counts: np.ndarray):
+    """The method's evaluation transform of the outputs (identity without one). A plug-in
+    method that does not import here (e.g. one defined in a notebook's ``__main__``) is
+    evaluated without a transform, with a warning."""
+    from ride_jax import methods
+    try:
+        method = methods.get(config.loss.name)
+    except ValueError as e:
+        if not methods.is_plugin(config.loss.name):
+            raise
+        logging.warning("evaluating without the method's evaluation transform: %s", e)
+        return lambda out: out
+    if method.eval_transform is None:
+        return lambda out: out
+    return method.eval_transform(config, counts)
+
+
+def predict_run(workdir: str | os.PathLike, *, dataset: Any = None,
+                batch_size: int | None = None, which: str | int = "latest",
+                predictor: Predictor | None = None) -> dict[str, Any]:
+    """Test-set outputs of a finished run (checkpoint ``which``), on the host.
+
+    Args:
+      workdir: the run's workdir.
+      dataset: the in-memory dataset to use instead of the one the run's config names
+        (e.g. when its files moved); must have the run's number of classes.
+      batch_size: evaluation batch (default: the run's ``data.eval_batch_size``).
+      which: ``'latest'`` (default), ``'best'`` or a step.
+      predictor: :func:`load_predictor`'s output, if already loaded.
+
+    Returns:
+      ``{'logits': [N, C] float32 (what the run's evaluation scores), 'expert_logits':
+      [E, N, C], 'labels': [N] int, 'num_experts': [N] int (experts used; E without a
+      router), 'routed': bool (the run has a router), 'train_counts': [C],
+      'class_names': list | None, 'config': dict}``.
+    """
+    from ride_jax.data.loader import data_mesh
+    from ride_jax.data import make_loader
+
+    pr = predictor or load_predictor(workdir, dataset=dataset, which=which)
+    config, ds = ml_collections.ConfigDict(pr.config), pr.dataset
+    mesh = data_mesh(jax.devices()[:1])
+    loader = make_loader(ds, config.data.batch_size,
+                         eval_batch_size=batch_size or config.data.eval_batch_size, mesh=mesh,
+                         augment="none", dtype=pr.dtype)
     parts = []
     for batch in loader.eval_batches():
-        logits, expert, used = apply(variables, batch["image"])
+        logits, expert, used = pr.apply(pr.variables, batch["image"])
         keep = np.asarray(batch["mask"])
         parts.append((np.asarray(logits, np.float32)[keep],
                       np.asarray(expert, np.float32)[:, keep],
@@ -89,9 +163,9 @@ def predict_run(workdir: str | os.PathLike, *, dataset: Any = None,
     logits, expert, labels, used = zip(*parts)
     return {"logits": np.concatenate(logits), "expert_logits": np.concatenate(expert, axis=1),
             "labels": np.concatenate(labels).astype(np.int64),
-            "num_experts": np.concatenate(used).astype(np.int64), "routed": router is not None,
+            "num_experts": np.concatenate(used).astype(np.int64), "routed": pr.routed,
             "train_counts": np.asarray(ds.train_counts), "class_names": ds.class_names,
-            "config": cfg}
+            "config": pr.config}
 
 
 def _last_evaluation(workdir: str | os.PathLike) -> dict[str, Any] | None:

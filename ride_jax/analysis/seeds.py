@@ -89,14 +89,17 @@ def summarize_members(run_dirs: Sequence[str]) -> dict[str, Any]:
 
 
 def summarize_shift(shift_results: Sequence[dict]) -> dict[str, Any]:
-    """Per distribution: stats of ``accuracy`` and ``prior_corrected`` accuracy."""
+    """Per distribution: stats of ``accuracy``, ``prior_corrected`` accuracy and, when
+    every member ran test-time aggregation, ``tta`` accuracy (else None)."""
     from ride_jax.data.long_tail import SHIFTS
     out = {}
     for s in SHIFTS:
         entries = [r["distributions"][s] for r in shift_results]
         pc = [(e.get("prior_corrected") or {}).get("accuracy") for e in entries]
+        tta = [(e.get("tta") or {}).get("accuracy") for e in entries]
         out[s] = {"accuracy": stats([e["accuracy"] for e in entries]),
-                  "prior_corrected": None if any(v is None for v in pc) else stats(pc)}
+                  "prior_corrected": None if any(v is None for v in pc) else stats(pc),
+                  "tta": None if any(v is None for v in tta) else stats(tta)}
     return out
 
 
@@ -170,10 +173,13 @@ def format_seeds(result: dict) -> str:
              f"  {'metric':<20} {'mean +- std':>18}"]
     lines += [f"  {k:<20} {_pm(s):>18}" for k, s in result["metrics"].items()]
     if "shift" in result:
-        lines.append(f"  {'distribution':<14} {'top1':>18} {'prior-corrected':>18}")
+        tta = all(e.get("tta") for e in result["shift"].values())
+        lines.append(f"  {'distribution':<14} {'top1':>18} {'prior-corrected':>18}"
+                     + (f" {'test-time agg.':>18}" if tta else ""))
         for name, e in result["shift"].items():
             lines.append(f"  {name:<14} {_pm(e['accuracy']):>18} "
-                         f"{_pm(e['prior_corrected']):>18}")
+                         f"{_pm(e['prior_corrected']):>18}"
+                         + (f" {_pm(e['tta']):>18}" if tta else ""))
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """A finished run under test class-distribution shift (the test-agnostic protocol).
 
     python -m ride_jax.analysis shift --run DIR [--which latest|best|STEP] [--out DIR]
+                                      [--tta | --no-tta]
     python -m ride_jax.analysis shift --compare DIR [DIR ...] [--names A B ...] [--out DIR]
 
 The run is evaluated on the eleven test class distributions of SADE (Zhang et al.,
@@ -22,6 +23,14 @@ subset's known test prior, ``argmax(logits + log p_test - log p_train)``
 ``p_train``: the training counts, normalised; a class absent from the subset is never
 predicted).
 
+Test-time self-supervised aggregation (SADE §4, :mod:`ride_jax.test_time`): for a run
+whose method has one (``loss=sade``), and for any multi-expert run with ``--tta``, the
+expert weights are learned per distribution on that subset's unlabelled images (two
+random views per image, :mod:`ride_jax.data.views`; re-initialised per distribution,
+seed = ``seed``), and the entry's ``tta`` holds the weights, the epochs run and the
+accuracies of ``argmax sum_k w_k v_k`` on the clean images. ``--no-tta`` skips it. The
+plain ``accuracy`` stays the uniform mean of the experts (SADE's prediction without it).
+
 ``--run`` writes ``shift.json`` and ``shift.png`` (top-1 against the distribution;
 solid: plain, dashed: prior-corrected) into ``DIR/analysis`` (or ``--out``).
 ``--compare`` overlays several runs in one ``shift.png`` in ``--out`` (default: the
@@ -38,12 +47,10 @@ shipped lists of :mod:`ride_jax.data.test_agnostic`) are refused.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import inspect
+import dataclasses
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -72,28 +79,13 @@ def _refuse_streamed(name: Any) -> None:
                          "ride_jax.data.test_agnostic, not supported here")
 
 
-@contextlib.contextmanager
-def _load_run_at(which: str | int):
-    """``predict_run`` reads the newest checkpoint; for another ``which`` its
-    ``load_run`` (imported when it runs) reads that one instead."""
-    if which == "latest":
-        yield
-        return
-    import ride_jax.checkpointing as ck
-    original = ck.load_run
-    ck.load_run = functools.partial(original, which=which)
-    try:
-        yield
-    finally:
-        ck.load_run = original
-
-
 def shift_logits(workdir: str | os.PathLike, which: str | int = "latest", *,
                  dataset: Any = None) -> dict[str, Any]:
     """The test-set outputs of checkpoint ``which`` of a finished run, computed once.
 
     :func:`ride_jax.analysis.runs.predict_run` (the run's own evaluation) at ``which``
-    (``'latest'``, ``'best'`` or a step), plus ``'which'``. ``'labels'`` are in the test
+    (``'latest'``, ``'best'`` or a step), plus ``'which'`` and ``'predictor'`` (its
+    :class:`~ride_jax.analysis.runs.Predictor`, for test-time aggregation). ``'labels'`` are in the test
     set's original order (the loader evaluates in order), as
     :func:`~ride_jax.data.long_tail.shifted_test_indices` needs.
 
@@ -101,7 +93,7 @@ def shift_logits(workdir: str | os.PathLike, which: str | int = "latest", *,
       ValueError / FileNotFoundError: (one line) a bad ``which``, a folder without a run,
         a streamed dataset.
     """
-    from ride_jax.analysis.runs import predict_run
+    from ride_jax.analysis.runs import load_predictor, predict_run
 
     which = _check_which(which)
     workdir = os.fspath(workdir)
@@ -112,13 +104,11 @@ def shift_logits(workdir: str | os.PathLike, which: str | int = "latest", *,
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"{workdir!r} is not a folder: give the workdir of a "
                                 "finished run")
-    if "which" in inspect.signature(predict_run).parameters:
-        p = predict_run(workdir, dataset=dataset, which=which)
-    else:
-        with _load_run_at(which):
-            p = predict_run(workdir, dataset=dataset)
-    _refuse_streamed(p["config"]["dataset"]["name"])
+    predictor = load_predictor(workdir, dataset=dataset, which=which)
+    _refuse_streamed(predictor.config["dataset"]["name"])
+    p = predict_run(workdir, predictor=predictor)
     p["which"] = which
+    p["predictor"] = predictor
     return p
 
 
@@ -131,7 +121,10 @@ def _accuracies(preds: np.ndarray, labels: np.ndarray, train_counts: np.ndarray
 
 
 def shift_table(logits: Any, labels: Any, train_counts: Any,
-                names: Sequence[str] = SHIFTS, seed: int = 0) -> dict[str, dict[str, Any]]:
+                names: Sequence[str] = SHIFTS, seed: int = 0, *,
+                expert_logits: Any = None,
+                aggregation: Callable[[np.ndarray], dict] | None = None
+                ) -> dict[str, dict[str, Any]]:
     """Accuracies of test-set ``logits`` on each shifted subset of the balanced test set.
 
     Args:
@@ -140,11 +133,18 @@ def shift_table(logits: Any, labels: Any, train_counts: Any,
       train_counts: ``[C]`` training images per class (shot groups, ``p_train``).
       names: distributions (:func:`~ride_jax.data.long_tail.parse_shift` names).
       seed: seed of :func:`~ride_jax.data.long_tail.shifted_test_indices` (0: SADE's).
+      expert_logits: ``[E, N, C]`` the experts' clean logits (with ``aggregation``).
+      aggregation: test-time aggregation, ``indices [n] -> fit`` (a
+        :func:`ride_jax.test_time.fit_aggregation` result learned on those test images,
+        re-initialised per call); None: none.
 
     Returns:
       ``{name: {'direction', 'ratio', 'num_examples', 'test_counts': [C], 'accuracy',
       'many', 'medium', 'few', 'prior_corrected': {'accuracy', 'many', 'medium', 'few'}
-      or None (a class without training images)}}`` in the order of ``names``.
+      or None (a class without training images)}}`` in the order of ``names``; with
+      ``aggregation``, also ``'tta'``: the fit (``'weights'``, ``'epochs'``, ...) and the
+      ``'accuracy'``, ``'many'``, ``'medium'``, ``'few'`` of ``argmax_c sum_k w_k
+      expert_logits[k]`` on the subset.
     """
     logits = np.asarray(logits, np.float64)
     labels = np.asarray(labels)
@@ -178,13 +178,20 @@ def shift_table(logits: Any, labels: Any, train_counts: Any,
                 log_test = np.log(shift_prior(labels=y, num_classes=num_classes))
             corrected = (logits[idx] + log_test - log_train).argmax(-1)
             entry["prior_corrected"] = _accuracies(corrected, y, counts)
+        if aggregation is not None:
+            fit = dict(aggregation(idx))
+            w = np.asarray(fit["weights"], np.float64)
+            z = np.einsum("e,enc->nc", w, np.asarray(expert_logits, np.float64)[:, idx])
+            fit.update(_accuracies(z.argmax(-1), y, counts))
+            entry["tta"] = fit
         table[name] = entry
     return table
 
 
 def evaluate_shift(workdir: str | os.PathLike, which: str | int = "latest",
                    out_dir: str | os.PathLike | None = None, *, dataset: Any = None,
-                   predictions: dict | None = None, seed: int = 0) -> dict[str, Any]:
+                   predictions: dict | None = None, seed: int = 0,
+                   tta: bool | None = None) -> dict[str, Any]:
     """Evaluate a finished run on the eleven distributions; write ``shift.json`` and
     ``shift.png`` into ``out_dir`` (default ``<workdir>/analysis``).
 
@@ -192,14 +199,16 @@ def evaluate_shift(workdir: str | os.PathLike, which: str | int = "latest",
       which: the checkpoint: ``'latest'``, ``'best'`` or a step.
       dataset: the in-memory dataset to use instead of the one the run's config names.
       predictions: :func:`shift_logits`'s output, if already computed.
+      tta: test-time aggregation (:func:`shift_result`): None the method's own, True for
+        any multi-expert run, False none.
 
     Returns:
       ``shift.json``'s content (``{'workdir', 'which', 'dataset', 'seed', 'logits',
-      'train_counts', 'distributions': {name: entry}}``, see :func:`shift_table`) plus
+      'train_counts', 'tta', 'distributions': {name: entry}}``, see :func:`shift_table`) plus
       ``'files'`` (the paths written). Nothing is written when it raises.
     """
     result = shift_result(workdir, which, dataset=dataset, predictions=predictions,
-                          seed=seed)
+                          seed=seed, tta=tta)
     out_dir = os.fspath(out_dir or os.path.join(os.fspath(workdir), "analysis"))
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, SHIFT_FILE)
@@ -210,22 +219,82 @@ def evaluate_shift(workdir: str | os.PathLike, which: str | int = "latest",
     return dict(result, files=[path, png])
 
 
+def tta_settings(config: dict, tta: bool | None) -> Any:
+    """The test-time aggregation settings of a run (None: no aggregation).
+
+    Args:
+      config: the run's config (JSON dict).
+      tta: None: the method's own (:attr:`ride_jax.methods.Method.test_time`, SADE's);
+        True: the method's own, else :func:`ride_jax.test_time.settings_from_config`;
+        False: none.
+
+    Raises:
+      ValueError: ``tta=True`` for a run with one expert (one line).
+    """
+    import ml_collections
+    from ride_jax import methods, test_time
+    if tta is False:
+        return None
+    cfg = ml_collections.ConfigDict(config)
+    try:
+        own = methods.get(cfg.loss.name).test_time
+    except ValueError:                       # a plug-in that does not import here
+        own = None
+    if tta is None and own is None:
+        return None
+    if cfg.model.num_experts < 2:
+        raise ValueError(f"--tta weighs the experts of a multi-expert run; this run has "
+                         f"model.num_experts={cfg.model.num_experts}")
+    return (own or test_time.settings_from_config)(cfg)
+
+
+def _aggregation(p: dict, settings: Any, seed: int) -> Callable[[np.ndarray], dict]:
+    """``indices -> fit``: test-time aggregation on those test images of the run."""
+    from ride_jax import test_time
+    pr = p["predictor"]
+    ds = pr.dataset
+    for_subset = test_time.make_view_logits(pr.experts, pr.variables, ds.test.images,
+                                            ds.mean, ds.std, views=settings.views,
+                                            dtype=pr.dtype)
+
+    def fit(indices):
+        return test_time.fit_aggregation(for_subset(indices), len(indices), pr.num_experts,
+                                         settings, seed)
+    return fit
+
+
 def shift_result(workdir: str | os.PathLike, which: str | int = "latest", *,
-                 dataset: Any = None, predictions: dict | None = None, seed: int = 0
-                 ) -> dict[str, Any]:
-    """``shift.json``'s content for a run, in memory (nothing written)."""
+                 dataset: Any = None, predictions: dict | None = None, seed: int = 0,
+                 tta: bool | None = None) -> dict[str, Any]:
+    """``shift.json``'s content for a run, in memory (nothing written).
+
+    ``tta`` (see :func:`tta_settings`): None runs the method's own test-time aggregation
+    (SADE), True runs it for any multi-expert run, False never. With it, every
+    distribution's entry has ``'tta'`` (:func:`shift_table`) and ``'tta'`` at the top
+    holds the settings; otherwise ``'tta'`` is None.
+    """
     which = _check_which(which)
     p = shift_logits(workdir, which, dataset=dataset) if predictions is None else predictions
     counts = np.asarray(p["train_counts"])
+    settings = tta_settings(p["config"], tta)
+    extra = {}
+    if settings is not None:
+        if "predictor" not in p:
+            p = shift_logits(workdir, which, dataset=dataset)
+        extra = {"expert_logits": p["expert_logits"],
+                 "aggregation": _aggregation(p, settings, seed)}
     return {"workdir": os.path.abspath(os.fspath(workdir)), "which": which,
             "dataset": p["config"]["dataset"]["name"], "seed": int(seed), "logits": LOGITS,
             "train_counts": counts.tolist(),
-            "distributions": shift_table(p["logits"], p["labels"], counts, SHIFTS, seed)}
+            "tta": None if settings is None else dataclasses.asdict(settings),
+            "distributions": shift_table(p["logits"], p["labels"], counts, SHIFTS, seed,
+                                         **extra)}
 
 
 def plot_shift(results: dict[str, dict[str, Any]], path: Any) -> str:
     """Top-1 accuracy against the test distribution (forward 50 ... backward 50), one
-    colour per run: solid plain, dashed prior-corrected.
+    colour per run: solid plain, dashed prior-corrected, dotted after test-time
+    aggregation (when the result has it).
 
     Args:
       results: ``{run_name: shift.json content}``.
@@ -244,6 +313,9 @@ def plot_shift(results: dict[str, dict[str, Any]], path: Any) -> str:
         if not np.all(np.isnan(pc)):
             ax.plot(x, pc, "s--", color=f"C{j}", alpha=0.8,
                     label=f"{name} (prior-corrected)")
+        if all("tta" in d[s] for s in SHIFTS):
+            ax.plot(x, [d[s]["tta"]["accuracy"] for s in SHIFTS], "^:", color=f"C{j}",
+                    label=f"{name} (test-time aggregation)")
     ax.set_xticks(x, SHIFTS, rotation=45, ha="right")
     ax.set_xlabel("test class distribution")
     ax.set_ylabel("top-1 accuracy")
@@ -252,7 +324,9 @@ def plot_shift(results: dict[str, dict[str, Any]], path: Any) -> str:
     return plots._save(fig, path)
 
 
-def _saved_result(run_dir: str, which: str | int) -> dict | None:
+def _saved_result(run_dir: str, which: str | int, tta: bool | None = None) -> dict | None:
+    """A run's ``analysis/shift.json`` if it answers ``which`` (and has the test-time
+    aggregation when ``tta`` is True); None: evaluate again."""
     path = os.path.join(run_dir, "analysis", SHIFT_FILE)
     if not os.path.exists(path):
         return None
@@ -265,16 +339,19 @@ def _saved_result(run_dir: str, which: str | int) -> dict | None:
                          "again)") from None
     if not ok:
         raise ValueError(f"{path!r} does not hold the eleven distributions {SHIFTS}")
-    return saved if saved.get("which") == which else None
+    if saved.get("which") != which or (tta is True and saved.get("tta") is None):
+        return None
+    return saved
 
 
 def compare_shift(run_dirs: Sequence[str], out_dir: str | os.PathLike = ".",
-                  names: Sequence[str] | None = None, which: str | int = "latest"
-                  ) -> dict[str, Any]:
+                  names: Sequence[str] | None = None, which: str | int = "latest",
+                  tta: bool | None = None) -> dict[str, Any]:
     """One ``shift.png`` in ``out_dir`` overlaying several runs.
 
     Each run's ``analysis/shift.json`` is reused when it was computed at the same
-    ``which``; the others are evaluated in memory (nothing is written into the runs).
+    ``which`` (and holds the test-time aggregation when ``tta`` is True); the others are
+    evaluated in memory (nothing is written into the runs).
 
     Returns:
       ``{'results': {name: shift result}, 'reused': [names], 'files': [png]}``.
@@ -295,10 +372,10 @@ def compare_shift(run_dirs: Sequence[str], out_dir: str | os.PathLike = ".",
         raise ValueError(f"the run names {names} repeat: give distinct --names")
     results, reused = {}, []
     for name, d in zip(names, run_dirs):
-        saved = _saved_result(d, which)
+        saved = _saved_result(d, which, tta)
         if saved is not None:
             reused.append(name)
-        results[name] = saved if saved is not None else shift_result(d, which)
+        results[name] = saved if saved is not None else shift_result(d, which, tta=tta)
     os.makedirs(os.fspath(out_dir), exist_ok=True)
     png = plot_shift(results, os.path.join(os.fspath(out_dir), PLOT_FILE))
     return {"results": results, "reused": reused, "files": [png]}
@@ -309,18 +386,26 @@ def _fmt(v: Any) -> str:
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
-    """A text table: per run and distribution, top-1, prior-corrected top-1, groups."""
+    """A text table: per run and distribution, top-1, prior-corrected top-1, groups; with
+    test-time aggregation also its top-1 and the learned expert weights."""
     lines = []
     for name, r in results.items():
+        tta = all("tta" in r["distributions"][s] for s in SHIFTS)
         lines.append(f"{name} ({r['which']} checkpoint)")
         lines.append(f"  {'distribution':<12} {'n':>6} {'top1':>6} {'corr.':>6} "
-                     f"{'many':>6} {'medium':>6} {'few':>6}")
+                     f"{'many':>6} {'medium':>6} {'few':>6}"
+                     + (f" {'tta':>6}  expert weights" if tta else ""))
         for s in SHIFTS:
             e = r["distributions"][s]
             pc = e["prior_corrected"] or {}
-            lines.append(f"  {s:<12} {e['num_examples']:>6} {_fmt(e['accuracy']):>6} "
-                         f"{_fmt(pc.get('accuracy')):>6} {_fmt(e['many']):>6} "
-                         f"{_fmt(e['medium']):>6} {_fmt(e['few']):>6}")
+            line = (f"  {s:<12} {e['num_examples']:>6} {_fmt(e['accuracy']):>6} "
+                    f"{_fmt(pc.get('accuracy')):>6} {_fmt(e['many']):>6} "
+                    f"{_fmt(e['medium']):>6} {_fmt(e['few']):>6}")
+            if tta:
+                t = e["tta"]
+                line += (f" {_fmt(t['accuracy']):>6}  "
+                         + " ".join(f"{w:.2f}" for w in t["weights"]))
+            lines.append(line)
     return "\n".join(lines)
 
 
@@ -329,12 +414,13 @@ def command(args: Any) -> int:
     import sys
     try:
         if args.compare:
-            out = compare_shift(args.compare, args.out or ".", args.names, args.which)
+            out = compare_shift(args.compare, args.out or ".", args.names, args.which,
+                                tta=args.tta)
             results, files = out["results"], out["files"]
         else:
             if args.names:
                 raise ValueError("--names goes with --compare")
-            r = evaluate_shift(args.run, args.which, args.out)
+            r = evaluate_shift(args.run, args.which, args.out, tta=args.tta)
             files = r.pop("files")
             results = {os.path.basename(os.path.abspath(args.run)): r}
     except (ValueError, FileNotFoundError, TypeError) as e:

@@ -93,6 +93,9 @@ class Method:
       eval_transform: ``(config, class_counts) -> (outputs -> outputs)`` applied to the
         network's outputs before the evaluation predicts ``argmax(outputs['logits'])``;
         None: predict from the logits as they are.
+      test_time: ``(config) -> ride_jax.test_time.Settings``: the method's test-time
+        aggregation of its experts (SADE's), which the shift analysis runs per test
+        distribution by default; None: none unless asked for (``shift --tta``).
       describe: ``(config) -> str``: the loss line of the run's log.
     """
     name: str
@@ -102,6 +105,7 @@ class Method:
     distill_loss: Callable[[ml_collections.ConfigDict, np.ndarray], LossFn] | None = None
     eval_transform: Callable[[ml_collections.ConfigDict, np.ndarray],
                              Callable[[dict], dict]] | None = None
+    test_time: Callable[[ml_collections.ConfigDict], Any] | None = None
     describe: Callable[[ml_collections.ConfigDict], str] | None = None
 
 

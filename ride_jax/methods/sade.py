@@ -19,8 +19,12 @@ logged as ``train/expert0`` (forward), ``train/expert1`` (uniform), ``train/expe
 
 Prediction: the argmax of the uniform mean of the raw expert logits
 (``expert_resnet_cifar.py:196``, ``Expert_ResNet.py:234``), which is the network's
-``outputs['logits']`` already: no evaluation transform. SADE's test-time
-self-supervised aggregation (``test_training_*.py``) is not part of this method.
+``outputs['logits']`` already: no evaluation transform.
+
+Test-time self-supervised aggregation (``test_training_*.py``): ``test_time`` gives its
+settings (:func:`ride_jax.test_time.settings_from_config`: the training lr / weight
+decay, batch 128, 5 epochs, the iNat entropy term); ``python -m ride_jax.analysis shift``
+runs it per test distribution for every SADE run and reports both predictions.
 
 Recipes (official ``configs/config_*_sade.json``, ``train.py:23-47``; SGD momentum 0.9,
 Nesterov, coupled weight decay on every parameter):
@@ -46,7 +50,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from ride_jax import losses
+from ride_jax import losses, test_time
 from ride_jax.methods.base import Method, Recipe
 
 NUM_EXPERTS = 3
@@ -155,4 +159,5 @@ def describe(config) -> str:
 
 
 METHOD = Method(name="sade", make_loss=make_loss, preset=preset, check=check,
+                test_time=test_time.settings_from_config,
                 describe=describe)
