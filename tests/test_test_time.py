@@ -302,7 +302,7 @@ def sade_run(tmp_path_factory):
     assert r.returncode == 0, r.stderr[-3000:]
     s = _cli("-m", "ride_jax.analysis", "shift", "--run", str(d / "run"))
     assert s.returncode == 0, s.stderr[-3000:]
-    return {"dir": d, "out": s.stdout,
+    return {"dir": d, "out": s.stdout, "err": s.stderr,
             "shift": json.loads((d / "run" / "analysis" / "shift.json").read_text())}
 
 
@@ -337,6 +337,7 @@ def test_sade_shift_runs_test_time_aggregation_per_distribution(sade_run):
     ws = {tuple(np.round(r["distributions"][n]["tta"]["weights"], 6)) for n in NAMES}
     assert len(ws) > 1
     assert "expert weights" in sade_run["out"] and "tta" in sade_run["out"]
+    assert sade_run["err"].count("test-time aggregation on ") == 11       # progress
     png = run / "analysis" / "shift.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -191,7 +191,8 @@ def shift_table(logits: Any, labels: Any, train_counts: Any,
 def evaluate_shift(workdir: str | os.PathLike, which: str | int = "latest",
                    out_dir: str | os.PathLike | None = None, *, dataset: Any = None,
                    predictions: dict | None = None, seed: int = 0,
-                   tta: bool | None = None) -> dict[str, Any]:
+                   tta: bool | None = None, log: Callable[[str], None] | None = None
+                   ) -> dict[str, Any]:
     """Evaluate a finished run on the eleven distributions; write ``shift.json`` and
     ``shift.png`` into ``out_dir`` (default ``<workdir>/analysis``).
 
@@ -208,7 +209,7 @@ def evaluate_shift(workdir: str | os.PathLike, which: str | int = "latest",
       ``'files'`` (the paths written). Nothing is written when it raises.
     """
     result = shift_result(workdir, which, dataset=dataset, predictions=predictions,
-                          seed=seed, tta=tta)
+                          seed=seed, tta=tta, log=log)
     out_dir = os.fspath(out_dir or os.path.join(os.fspath(workdir), "analysis"))
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, SHIFT_FILE)
@@ -248,8 +249,12 @@ def tta_settings(config: dict, tta: bool | None) -> Any:
     return (own or test_time.settings_from_config)(cfg)
 
 
-def _aggregation(p: dict, settings: Any, seed: int) -> Callable[[np.ndarray], dict]:
-    """``indices -> fit``: test-time aggregation on those test images of the run."""
+def _aggregation(p: dict, settings: Any, seed: int, log: Callable[[str], None] | None
+                 ) -> Callable[[np.ndarray], dict]:
+    """``indices -> fit``: test-time aggregation on those test images of the run
+    (``log``: a progress line per fit)."""
+    import time
+
     from ride_jax import test_time
     pr = p["predictor"]
     ds = pr.dataset
@@ -258,14 +263,21 @@ def _aggregation(p: dict, settings: Any, seed: int) -> Callable[[np.ndarray], di
                                             dtype=pr.dtype)
 
     def fit(indices):
-        return test_time.fit_aggregation(for_subset(indices), len(indices), pr.num_experts,
-                                         settings, seed)
+        start = time.perf_counter()
+        out = test_time.fit_aggregation(for_subset(indices), len(indices), pr.num_experts,
+                                        settings, seed)
+        if log is not None:
+            log(f"test-time aggregation on {len(indices)} images: weights "
+                + " ".join(f"{w:.3f}" for w in out["weights"])
+                + f" after {out['epochs']} epoch(s), {time.perf_counter() - start:.0f} s")
+        return out
     return fit
 
 
 def shift_result(workdir: str | os.PathLike, which: str | int = "latest", *,
                  dataset: Any = None, predictions: dict | None = None, seed: int = 0,
-                 tta: bool | None = None) -> dict[str, Any]:
+                 tta: bool | None = None, log: Callable[[str], None] | None = None
+                 ) -> dict[str, Any]:
     """``shift.json``'s content for a run, in memory (nothing written).
 
     ``tta`` (see :func:`tta_settings`): None runs the method's own test-time aggregation
@@ -282,7 +294,7 @@ def shift_result(workdir: str | os.PathLike, which: str | int = "latest", *,
         if "predictor" not in p:
             p = shift_logits(workdir, which, dataset=dataset)
         extra = {"expert_logits": p["expert_logits"],
-                 "aggregation": _aggregation(p, settings, seed)}
+                 "aggregation": _aggregation(p, settings, seed, log)}
     return {"workdir": os.path.abspath(os.fspath(workdir)), "which": which,
             "dataset": p["config"]["dataset"]["name"], "seed": int(seed), "logits": LOGITS,
             "train_counts": counts.tolist(),
@@ -346,7 +358,8 @@ def _saved_result(run_dir: str, which: str | int, tta: bool | None = None) -> di
 
 def compare_shift(run_dirs: Sequence[str], out_dir: str | os.PathLike = ".",
                   names: Sequence[str] | None = None, which: str | int = "latest",
-                  tta: bool | None = None) -> dict[str, Any]:
+                  tta: bool | None = None, log: Callable[[str], None] | None = None
+                  ) -> dict[str, Any]:
     """One ``shift.png`` in ``out_dir`` overlaying several runs.
 
     Each run's ``analysis/shift.json`` is reused when it was computed at the same
@@ -375,7 +388,8 @@ def compare_shift(run_dirs: Sequence[str], out_dir: str | os.PathLike = ".",
         saved = _saved_result(d, which, tta)
         if saved is not None:
             reused.append(name)
-        results[name] = saved if saved is not None else shift_result(d, which, tta=tta)
+        results[name] = (saved if saved is not None
+                         else shift_result(d, which, tta=tta, log=log))
     os.makedirs(os.fspath(out_dir), exist_ok=True)
     png = plot_shift(results, os.path.join(os.fspath(out_dir), PLOT_FILE))
     return {"results": results, "reused": reused, "files": [png]}
@@ -412,15 +426,18 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 def command(args: Any) -> int:
     """Run the ``shift`` subcommand; ``error:`` line and 2 on bad input."""
     import sys
+
+    def log(line):
+        print(line, file=sys.stderr, flush=True)
     try:
         if args.compare:
             out = compare_shift(args.compare, args.out or ".", args.names, args.which,
-                                tta=args.tta)
+                                tta=args.tta, log=log)
             results, files = out["results"], out["files"]
         else:
             if args.names:
                 raise ValueError("--names goes with --compare")
-            r = evaluate_shift(args.run, args.which, args.out, tta=args.tta)
+            r = evaluate_shift(args.run, args.which, args.out, tta=args.tta, log=log)
             files = r.pop("files")
             results = {os.path.basename(os.path.abspath(args.run)): r}
     except (ValueError, FileNotFoundError, TypeError) as e:
