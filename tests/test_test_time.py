@@ -263,7 +263,7 @@ def test_gaussian_blur_is_close_to_pils_box_approximation(sigma):
 
 def test_random_views_without_augmentation_is_the_normalised_image():
     imgs = _images(4)
-    plain = V.ViewAugment(padding=0, flip=False, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+    plain = V.ViewAugment(padding=0, flip=False, jitter_p=0, grayscale_p=0, blur_p=0)  # ints
     mean, std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
     got = V.random_views(jax.random.PRNGKey(0), jnp.asarray(imgs), jnp.array([2, 0]),
                          mean, std, plain)

@@ -189,13 +189,13 @@ def color_jitter(x: jax.Array, key: jax.Array, jitter: Sequence[float]) -> jax.A
 def _view_one(x: jax.Array, key: jax.Array, spec: ViewAugment) -> jax.Array:
     """The colour and blur steps of one cropped image ``[H, W, C]`` in 0..1."""
     kj, kja, kg, kb, kbs = jax.random.split(key, 5)
-    x = jnp.where(jax.random.bernoulli(kja, spec.jitter_p),
+    x = jnp.where(jax.random.bernoulli(kja, float(spec.jitter_p)),
                   color_jitter(x, kj, spec.jitter), x)
     if x.shape[-1] == 3:
-        x = jnp.where(jax.random.bernoulli(kg, spec.grayscale_p),
+        x = jnp.where(jax.random.bernoulli(kg, float(spec.grayscale_p)),
                       jnp.broadcast_to(grayscale(x), x.shape), x)
     sigma = jax.random.uniform(kbs, (), minval=spec.blur_sigma[0], maxval=spec.blur_sigma[1])
-    return jnp.where(jax.random.bernoulli(kb, spec.blur_p), gaussian_blur(x, sigma), x)
+    return jnp.where(jax.random.bernoulli(kb, float(spec.blur_p)), gaussian_blur(x, sigma), x)
 
 
 def random_views(key: jax.Array, source: jax.Array, indices: jax.Array,
