@@ -22,8 +22,10 @@ JPEG files and the same CPU cores: the official ImageNet-LT train transform
 CenterCrop 224), host-side uint8 224x224 batches of ``--stream-batch``:
 
 * ``grain``: ``ride_jax.data.grain_pipeline`` (``FileSource`` + ``make_train_iter`` /
-  ``make_eval_iter``; PIL, torchvision-exact) with ``worker_count=0`` (grain's reader
-  threads in this process) and ``worker_count=--workers`` (default: the cores);
+  ``make_eval_iter``; PIL, torchvision-exact) with ``worker_count=0`` (reader threads
+  in this process) and ``worker_count=--workers`` (default: the cores), with the reader
+  threads ``GrainLoader`` uses (``grain_pipeline.reader_options``: one per core, shared
+  out among the workers);
 * ``tfdata``: ``ride_jax.data.streaming`` (tf.data, parallel maps, AUTOTUNE; needs
   TensorFlow);
 * ``torch``: a ``torch.utils.data.Dataset`` opening each file with PIL and applying the
@@ -429,11 +431,13 @@ def bench_streaming_compare(pipelines, images, batch, workers, repeats, workdir,
 
             def grain_fn(w):
                 def make(mode):
+                    opts = gp.reader_options(w, cores)     # what GrainLoader uses
                     if mode == "train":
                         return lambda n: gp.make_train_iter(grain_source(n), batch_size=batch,
-                                                            seed=0, epoch=0, worker_count=w)
+                                                            seed=0, epoch=0, worker_count=w,
+                                                            read_options=opts)
                     return lambda n: gp.make_eval_iter(grain_source(n), batch_size=batch,
-                                                       worker_count=w)
+                                                       worker_count=w, read_options=opts)
                 return make
             add("grain", 0, grain_fn(0))
             if workers > 0:

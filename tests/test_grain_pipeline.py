@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from ride_jax.data.grain_pipeline import (FileSource, epoch_steps, make_eval_iter,
-                                          make_train_iter)
+                                          make_train_iter, reader_options)
 from ride_jax.data.loader import balanced_indices, shuffle_indices
 
 # 40 images, a long-tailed class profile.
@@ -324,3 +324,11 @@ def test_imports_without_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True, cwd=ROOT)
     assert out.stdout.split() == ["False", "False"], out
+
+
+@pytest.mark.parametrize("workers,cores,threads", [
+    (0, 2, 2), (0, 1, 1), (0, 64, 16),          # this process: one per core, at most 16
+    (2, 2, 1), (4, 2, 1), (2, 8, 4), (3, 8, 2),  # workers: the cores shared out, >= 1
+])
+def test_reader_threads_are_one_per_core_shared_among_workers(workers, cores, threads):
+    assert reader_options(workers, cores).num_threads == threads

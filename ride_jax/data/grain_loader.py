@@ -25,17 +25,16 @@ steps before it; the checkpointed step is the whole iterator state.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Iterator
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from ride_jax.data.augment import normalize
-from ride_jax.data.grain_pipeline import epoch_steps, make_eval_iter, make_train_iter
+from ride_jax.data.grain_pipeline import (epoch_steps, make_eval_iter, make_train_iter,
+                                          reader_options)
 from ride_jax.data.loader import (REMAINDERS, SAMPLERS, ReadyBatches, batch_spec,
                                   check_steps_per_call)
 from ride_jax.sharding import batch_sharding, chunk_sharding
@@ -71,10 +70,8 @@ class GrainLoader(ReadyBatches):
         self.dataset, self.mesh, self.seed = dataset, mesh, int(seed)
         self.sampler, self.remainder, self.workers = sampler, remainder, int(workers)
         self.dtype = dtype
-        # One reader thread per core (at most grain's default 16): PIL holds the GIL for
-        # part of each image, so more threads than cores only contend (2 cores:
-        # BENCHMARKS.md, "grain reader threads").
-        self.read_options = grain.ReadOptions(num_threads=max(1, min(16, os.cpu_count() or 1)))
+        # One reader thread per core, shared out among the workers (reader_options).
+        self.read_options = reader_options(self.workers)
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self._sizes = epoch_steps(dataset.num_train, self.batch_size, remainder, mesh.size)
         if not self._sizes:

@@ -43,7 +43,7 @@ from ride_jax.data.loader import REMAINDERS, SAMPLERS, balanced_indices, shuffle
 __all__ = [
     "SAMPLERS", "REMAINDERS", "FileSource", "decode_image", "epoch_steps", "epoch_order",
     "example_rng", "local_positions", "make_train_iter", "make_eval_iter",
-    "official_train_transform", "official_eval_transform",
+    "official_train_transform", "official_eval_transform", "reader_options",
 ]
 
 # The word of the per-example augmentation stream in ``default_rng([seed, 5, epoch,
@@ -316,6 +316,20 @@ class _EvalLoad:
             self._shape = np.asarray(self.source[0]["image"]).shape
         return {"image": np.zeros(self._shape, np.uint8), "label": np.int32(0),
                 "index": np.int64(-1), "mask": np.bool_(False)}
+
+
+def reader_options(worker_count: int = 0, cores: int | None = None) -> grain.ReadOptions:
+    """Reader threads for ``worker_count`` grain workers on ``cores`` cores (default: this
+    machine's): one thread per core in this process without workers, else the cores
+    shared out among the workers (at least one each), at most grain's default 16.
+
+    PIL holds the GIL for part of each image, so more threads than cores in one process
+    only contend (BENCHMARKS.md, "grain reader threads"); with workers, each worker is
+    its own process and the parallelism is theirs, as in a torch ``DataLoader``.
+    """
+    cores = int(cores or os.cpu_count() or 1)
+    threads = cores if worker_count <= 0 else cores // worker_count
+    return grain.ReadOptions(num_threads=max(1, min(16, threads)))
 
 
 def _to_iter(ds: grain.MapDataset, read_options, worker_count: int):
