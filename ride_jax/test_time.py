@@ -177,11 +177,11 @@ def fit_aggregation(view_logits: ViewLogits, num_examples: int, num_experts: int
             total += float(loss) * n
             seen += n
         losses.append(total / seen)
-        weights = np.asarray(jax.nn.softmax(raw))
+        weights = np.asarray(jax.nn.softmax(raw), np.float64)
         if np.any(np.round(weights, 2) < settings.min_weight):
             stopped = True
             break
-    return {"weights": np.asarray(jax.nn.softmax(raw), np.float64).tolist(),
+    return {"weights": weights.tolist(),
             "raw": np.asarray(raw, np.float64).tolist(), "epochs": epochs,
             "losses": losses, "stopped_early": stopped}
 

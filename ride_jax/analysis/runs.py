@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 from typing import Any
 
@@ -109,18 +108,11 @@ def load_predictor(workdir: str | os.PathLike, *, dataset: Any = None,
 
 
 def _eval_transform(config: ml_collections.ConfigDict, counts: np.ndarray):
-    """The method's evaluation transform of the outputs (identity without one). A plug-in
-    method that does not import here (e.g. one defined in a notebook's ``__main__``) is
-    evaluated without a transform, with a warning."""
+    """The method's evaluation transform of the outputs (identity without one, or for a
+    plug-in method that does not import here: :func:`ride_jax.methods.find`)."""
     from ride_jax import methods
-    try:
-        method = methods.get(config.loss.name)
-    except ValueError as e:
-        if not methods.is_plugin(config.loss.name):
-            raise
-        logging.warning("evaluating without the method's evaluation transform: %s", e)
-        return lambda out: out
-    if method.eval_transform is None:
+    method = methods.find(config.loss.name)
+    if method is None or method.eval_transform is None:
         return lambda out: out
     return method.eval_transform(config, counts)
 

@@ -237,10 +237,8 @@ def tta_settings(config: dict, tta: bool | None) -> Any:
     if tta is False:
         return None
     cfg = ml_collections.ConfigDict(config)
-    try:
-        own = methods.get(cfg.loss.name).test_time
-    except ValueError:                       # a plug-in that does not import here
-        own = None
+    method = methods.find(cfg.loss.name)     # None: a plug-in that does not import here
+    own = method and method.test_time
     if tta is None and own is None:
         return None
     if cfg.model.num_experts < 2:

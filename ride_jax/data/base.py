@@ -35,6 +35,24 @@ INAT_STD = (0.195, 0.194, 0.192)
 CACHE_FORMAT = 1
 
 
+class StreamedImages:
+    """What every streamed dataset of square RGB crops reports the same way, from its
+    ``name``, ``num_classes``, ``num_train``, ``num_test``, ``train_counts``,
+    ``image_size`` and ``info`` (:class:`~ride_jax.data.streaming.StreamingDataset`,
+    :class:`~ride_jax.data.folder_stream.LabelledImages`)."""
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.image_size, self.image_size, 3)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable summary, written next to a run."""
+        return {"name": self.name, "num_classes": self.num_classes,
+                "num_train": self.num_train, "num_test": self.num_test,
+                "image_shape": list(self.image_shape),
+                "train_counts": self.train_counts.tolist(), "info": dict(self.info)}
+
+
 @dataclasses.dataclass(frozen=True)
 class ArraySplit:
     """One split held in host memory.

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ride_jax.data.base import IMAGENET_MEAN, IMAGENET_STD
+from ride_jax.data.base import IMAGENET_MEAN, IMAGENET_STD, StreamedImages
 from ride_jax.data.image_folder import (_check_path, _index, _Tree, files_sha256,
                                         long_tail_selection)
 from ride_jax.data.long_tail import PROFILES
@@ -27,7 +27,7 @@ from ride_jax.data.long_tail import PROFILES
 TEST_SPLITS = ("test", "val")
 
 
-class LabelledImages:
+class LabelledImages(StreamedImages):
     """What a streamed dataset of labelled images tells the trainer, from its
     ``train_labels``, ``test_labels``, ``num_classes``, ``image_size``, ``name`` and
     ``info`` (:class:`FileDataset`, :class:`~ride_jax.data.records.RecordDataset`)."""
@@ -43,17 +43,6 @@ class LabelledImages:
     @property
     def num_test(self) -> int:
         return len(self.test_labels)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.image_size, self.image_size, 3)
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-serialisable summary, written next to a run."""
-        return {"name": self.name, "num_classes": self.num_classes,
-                "num_train": self.num_train, "num_test": self.num_test,
-                "image_shape": list(self.image_shape),
-                "train_counts": self.train_counts.tolist(), "info": dict(self.info)}
 
 
 @dataclasses.dataclass(frozen=True)

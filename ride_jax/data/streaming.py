@@ -58,6 +58,7 @@ import tensorflow as tf
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ride_jax.data.augment import normalize
+from ride_jax.data.base import StreamedImages
 from ride_jax.data.loader import DATA_AXIS, SAMPLERS, balanced_indices, data_mesh
 
 tf.config.set_visible_devices([], "GPU")
@@ -474,7 +475,7 @@ def _shard_count(n: int, index: int, count: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class StreamingDataset:
+class StreamingDataset(StreamedImages):
     """A long-tailed dataset read with tf.data.
 
     Attributes:
@@ -516,17 +517,6 @@ class StreamingDataset:
     @property
     def num_train(self) -> int:
         return int(self.train_counts.sum())
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.image_size, self.image_size, 3)
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-serialisable summary, written next to a run."""
-        return {"name": self.name, "num_classes": self.num_classes,
-                "num_train": self.num_train, "num_test": self.num_test,
-                "image_shape": list(self.image_shape),
-                "train_counts": self.train_counts.tolist(), "info": dict(self.info)}
 
     def steps_per_epoch(self, global_batch: int) -> int:
         """``ceil(num_train / global_batch)``: the official ``drop_last=False`` count."""

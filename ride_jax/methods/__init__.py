@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 from typing import Any
 
 import ml_collections
@@ -29,7 +30,8 @@ BUILTIN: dict[str, Method] = {m.name: m for m in (
 NAMES = tuple(BUILTIN)
 
 __all__ = ["BUILTIN", "FAMILIES", "NAMES", "OUTPUT_KEYS", "RESERVED_AUX", "LossFn",
-           "Method", "Recipe", "apply_preset", "checked", "describe", "get", "is_plugin"]
+           "Method", "Recipe", "apply_preset", "checked", "describe", "find", "get",
+           "is_plugin"]
 
 
 def is_plugin(name: str) -> bool:
@@ -79,6 +81,19 @@ def get(name: str) -> Method:
                          "ride_jax.methods.Method")
     return Method(name=name, make_loss=_checked_factory(
         lambda config, counts: obj(config.loss, counts), where))
+
+
+def find(name: str) -> Method | None:
+    """:func:`get`, for reading a finished run: None (with a warning) for a plug-in that
+    does not import here (e.g. one defined in a notebook's ``__main__``); an unknown
+    built-in name still raises."""
+    try:
+        return get(name)
+    except ValueError as e:
+        if not is_plugin(name):
+            raise
+        logging.warning("method %r is not available here: %s", name, e)
+        return None
 
 
 def _checked_factory(make_loss, where: str):
