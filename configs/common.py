@@ -47,6 +47,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.model.reslt_eval_gamma = -1.0  # >= 0: test-time classifier w / ||w||^gamma, no bias
     c.model.reslt_train_order = ""   # ImageNet-size: conv_pool | pool_conv ('' = official)
     c.model.reslt_eval_order = ""    # '' = official pool_conv
+    c.model.cifar_blocks = 5         # resnet32 only: blocks per stage (5: ResNet-32; 1: ResNet-8)
 
     c.loss = ml_collections.ConfigDict()
     # A method of ride_jax.methods (ride | ldam_drw | ce | focal | reslt | ride_reslt |

@@ -74,6 +74,7 @@ RULES: dict[str, tuple] = {
     "model.reslt_eval_gamma": _float(),
     "model.reslt_train_order": _choice(("",) + POOL_ORDERS),
     "model.reslt_eval_order": _choice(("",) + POOL_ORDERS),
+    "model.cifar_blocks": _int(1),
     "loss.name": ("method",),
     "loss.reweight_epoch": _int(0),
     "loss.max_margin": _float(0),
@@ -144,7 +145,8 @@ _NOTES = {
 # whose config.json lacks one resumes as if it held this value.
 ADDED_KEYS = {"data.workers": 0, "data.fuse_input": False, "loss.logit_adjust_tau": 1.0,
               "loss.sade_lambda": 2.0, "eval.logit_adjust_tau": 0.0,
-              "init_from_checkpoint": "latest", "distill.teacher_checkpoint": "latest"}
+              "init_from_checkpoint": "latest", "distill.teacher_checkpoint": "latest",
+              "model.cifar_blocks": 5}
 
 
 # Keys (or whole sections) that do not change the trajectory of a run: a resumed run
@@ -267,6 +269,10 @@ def check_config(config: Any) -> None:
     if flat["optim.step2"] < flat["optim.step1"]:
         raise ValueError(f"optim.step2={flat['optim.step2']} is invalid: expected >= "
                          f"optim.step1={flat['optim.step1']} (the second LR step comes later)")
+    if flat["model.cifar_blocks"] != 5 and flat["model.arch"] != "resnet32":
+        raise ValueError(f"model.cifar_blocks={flat['model.cifar_blocks']} sets the depth of "
+                         f"the CIFAR ResNet (model.arch='resnet32'); model.arch="
+                         f"{flat['model.arch']!r} has its own depth: leave it 5")
     if flat["tau"] >= 0 and flat["model.use_norm"]:
         raise ValueError(f"tau={flat['tau']}: tau-normalisation applies to linear heads "
                          "(model.use_norm=False); this model has cosine heads")

@@ -17,10 +17,10 @@ from ride_jax.models import create_model
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 # Model settings a stage started from ``init_from`` (or a teacher) must share with it.
 MODEL_KEYS = ("arch", "num_experts", "reduce_dimension", "use_norm", "scale", "head",
-              "reslt_branches")
+              "reslt_branches", "cifar_blocks")
 # Values of model keys added after the first runs, for reading those runs' configs.
 MODEL_DEFAULTS = {"head": "plain", "reslt_branches": 3, "reslt_eval_gamma": -1.0,
-                  "reslt_train_order": "", "reslt_eval_order": ""}
+                  "reslt_train_order": "", "reslt_eval_order": "", "cifar_blocks": 5}
 
 
 def model_from_config(m: ml_collections.ConfigDict | dict, num_classes: int,
@@ -47,7 +47,8 @@ def model_from_config(m: ml_collections.ConfigDict | dict, num_classes: int,
                         reduce_dimension=m["reduce_dimension"], use_norm=m["use_norm"],
                         scale=m["scale"], expert_impl=m["expert_impl"],
                         dtype=DTYPES[m["dtype"]], head=m["head"],
-                        fusion_barriers=fusion_barriers and m["arch"] == "resnet32", **reslt)
+                        fusion_barriers=fusion_barriers and m["arch"] == "resnet32",
+                        cifar_blocks=int(m["cifar_blocks"]), **reslt)
 
 
 def fusion_barriers(config, platform: str) -> bool:

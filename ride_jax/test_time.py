@@ -18,8 +18,11 @@ are computed without gradients and only ``a`` is updated. The final prediction i
 ``argmax_c sum_k w_k v_k(x)`` on the CLEAN test images (sade-spec §4.3, pitfall 6.1).
 
 Re-initialise per test distribution: :func:`fit_aggregation` starts from ``1/E`` every
-call. The network side (views of device-resident images, the frozen forward pass) is
-:func:`make_view_logits`; :func:`ride_jax.analysis.shift` runs it per distribution.
+call. The network side (two views, the frozen forward pass) is :func:`make_view_logits`
+for device-resident small images (CIFAR-style, :mod:`ride_jax.data.views`) and
+:func:`make_file_view_logits` for images read from files (ImageNet-LT, Places-LT, iNat:
+SADE's PIL chain, :mod:`ride_jax.data.pil_views`); :func:`ride_jax.analysis.shift` runs
+it per distribution.
 """
 
 from __future__ import annotations
@@ -50,7 +53,10 @@ class Settings:
       epochs: passes over the test set (official: 5).
       min_weight: stop after an epoch once a weight (rounded to 2 decimals) is below it.
       entropy_weight: the iNat entropy term's weight (0 elsewhere).
-      views: the random view (:class:`~ride_jax.data.views.ViewAugment`).
+      views: the random view of device-resident small images
+        (:class:`~ride_jax.data.views.ViewAugment`, :func:`make_view_logits`); images
+        read from files take a PIL view spec separately (:func:`make_file_view_logits`,
+        :func:`ride_jax.data.pil_views.view_spec`).
     """
     lr: float
     weight_decay: float
@@ -221,5 +227,73 @@ def make_view_logits(apply: Callable[[Any, jax.Array], jax.Array], variables: An
     return for_subset
 
 
+def view_rng(key: jax.Array, *words: int) -> np.random.Generator:
+    """A NumPy generator seeded from a JAX PRNG key (its raw words) and ``words``: the
+    host-side views of :func:`make_file_view_logits` are a function of the key that
+    :func:`fit_aggregation` passes."""
+    data = np.asarray(jax.random.key_data(key)).astype(np.uint64).ravel()
+    return np.random.default_rng([*(int(v) for v in data), *(int(w) for w in words)])
+
+
+def make_file_view_logits(apply: Callable[[Any, jax.Array], jax.Array], variables: Any,
+                          source: Any, mean: Any, std: Any, *, spec: Any, size: int,
+                          dtype: Any = jnp.float32, threads: int | None = None
+                          ) -> Callable[[np.ndarray], ViewLogits]:
+    """The network side of :func:`fit_aggregation` for images read from files (ImageNet-LT,
+    Places-LT, iNat): SADE's PIL views (:mod:`ride_jax.data.pil_views`) on the host.
+
+    Args:
+      apply: ``(variables, images [B, H, W, C]) -> expert_logits [E, B, C]``, the frozen
+        network in inference mode.
+      source: ``source.image(i) -> RGB PIL image`` (a
+        :class:`~ride_jax.data.grain_pipeline.FileSource`), the rows ``indices`` refer to.
+      mean, std: the dataset's normalisation (applied on the device).
+      spec: the view (:class:`~ride_jax.data.pil_views.PilViewSpec`).
+      size: the views' side (the network's input).
+      threads: decoding threads (default: the machine's cores).
+
+    Returns:
+      ``for_subset(indices [n] into source) -> view_logits``. Each image of a batch is
+      decoded once and gives both views; view ``v`` of batch row ``i`` draws from
+      :func:`view_rng` ``(key, v, i)``, so the views are a function of the key alone
+      (not of the thread schedule). The two views go through the network as one batch of
+      ``2 * batch_size`` (compiled once).
+    """
+    import concurrent.futures
+    import os
+
+    from ride_jax.data import pil_views
+    from ride_jax.data.augment import normalize
+
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    size = int(size)
+
+    @jax.jit
+    def both(variables, images):
+        x = normalize(images, mean, std, dtype)
+        v = jax.lax.stop_gradient(apply(variables, x)).astype(jnp.float32)
+        half = images.shape[0] // 2
+        return v[:, :half], v[:, half:]
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1)
+
+    def for_subset(indices: np.ndarray) -> ViewLogits:
+        indices = np.asarray(indices, np.int64)
+
+        def view_logits(key, positions):
+            rows = indices[np.asarray(positions)]
+
+            def two_views(i):
+                image = source.image(int(rows[i]))
+                return [pil_views.random_view(image, view_rng(key, v, i), spec, size)
+                        for v in (0, 1)]
+            views = list(pool.map(two_views, range(len(rows))))
+            images = np.stack([v[0] for v in views] + [v[1] for v in views])
+            return both(variables, jnp.asarray(images))
+        return view_logits
+    return for_subset
+
+
 __all__ = ["INAT_ENTROPY_WEIGHT", "Settings", "aggregate", "fit_aggregation", "make_step",
-           "make_view_logits", "settings_from_config", "stability_loss"]
+           "make_file_view_logits", "make_view_logits", "settings_from_config",
+           "stability_loss", "view_rng"]

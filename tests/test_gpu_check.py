@@ -72,8 +72,9 @@ def test_tiny_full_runs_finish_with_finite_results(tiny):
     _, report, _, _ = tiny
     cache = report["sections"]["prepare"]["rows"][0]
     assert cache["num_train"] > 0 and len(cache["fingerprint"]) == 64
-    for name, overrides in (("full_run_f32", ["steps_per_call=0"]),
-                            ("full_run_bf16", ["steps_per_call=0", "model.dtype=bfloat16"])):
+    tiny_net = ["steps_per_call=0", "model.cifar_blocks=1"]      # --tiny: a ResNet-8
+    for name, overrides in (("full_run_f32", tiny_net),
+                            ("full_run_bf16", tiny_net + ["model.dtype=bfloat16"])):
         (row,) = report["sections"][name]["rows"]
         assert row["status"] == "finished", row
         assert row["overrides"] == overrides and row["steps_per_call"] == 0

@@ -265,3 +265,37 @@ def test_bad_inputs_give_clear_errors():
         create_model("resnet32", num_classes=10, expert_impl="scan")
     with pytest.raises(ValueError, match="num_experts"):
         create_model("resnet32", num_classes=10, num_experts=0)
+
+
+# ------------------------------------------------------------- CIFAR depth
+def test_cifar_blocks_sets_the_depth_of_the_cifar_resnet():
+    """ResNet-(6n+2): parameter counts of He et al.'s CIFAR-10 networks (option-A
+    shortcuts, a linear classifier with bias): ResNet-20 0.27M, ResNet-32 0.46M."""
+    from ride_jax.models import count_params
+    x = jnp.zeros((1, 32, 32, 3))
+    counts = {}
+    for n in (1, 3, 5):
+        m = create_model("resnet32", num_classes=10, num_experts=1, reduce_dimension=False,
+                         use_norm=False, cifar_blocks=n)
+        counts[n] = count_params(jax.eval_shape(lambda: m.init(jax.random.key(0), x)))
+    assert counts[3] == 269_722 and counts[5] == 464_154, counts
+    assert counts[1] < counts[3]
+    with pytest.raises(ValueError, match=r"cifar_blocks=0 is invalid: expected an integer >= 1"):
+        create_model("resnet32", num_classes=10, cifar_blocks=0)
+    with pytest.raises(ValueError, match=r"cifar_blocks=3 sets the depth of the CIFAR ResNet"):
+        create_model("resnet10", num_classes=10, cifar_blocks=3)
+
+
+def test_cifar_blocks_in_a_config_builds_that_network_and_is_checked():
+    from ride_jax.config_checks import check_config
+    from ride_jax.networks import model_from_config
+    from helpers import synthetic_config
+    c = synthetic_config("experts=2", **{"model.cifar_blocks": 1})
+    model = model_from_config(c.model, 10)
+    assert model.trunk.blocks == 1 and model.expert.blocks == 1
+    # A run saved before the key existed reads as ResNet-32.
+    old = {k: v for k, v in c.model.to_dict().items() if k != "cifar_blocks"}
+    assert model_from_config(old, 10).trunk.blocks == 5
+    bad = synthetic_config("experts=2", **{"model.cifar_blocks": 3, "model.arch": "resnet10"})
+    with pytest.raises(ValueError, match=r"model.cifar_blocks=3 sets the depth"):
+        check_config(bad)

@@ -2,8 +2,9 @@
 CPU devices): ``python -m ride_jax.launch`` against one process with as many devices,
 a SIGTERM to one process of two, and resuming with another process count.
 
-The run: RIDE-2 on the synthetic smoke recipe, 3 epochs of 4 steps (batch 32, the last
-partial batch dropped), a small learning rate so that float32 reduction-order rounding
+The run: RIDE-2 on the synthetic smoke recipe with a ResNet-8 (``model.cifar_blocks=1``:
+the trainer's behaviour is under test, not the network's, and it compiles ~4x faster),
+3 epochs of 4 steps (batch 32, the last partial batch dropped), a small learning rate so that float32 reduction-order rounding
 stays small (as in ``test_train.test_eight_devices_match_one_device``, whose tolerances
 these are).
 """
@@ -26,7 +27,7 @@ from helpers import ROOT
 EPOCHS = 3
 FLAGS = ["--config=configs/synthetic_lt.py:smoke,experts=2", f"--config.epochs={EPOCHS}",
          "--config.data.remainder=drop", "--config.optim.lr=0.0001",
-         "--config.log_every_steps=1"]
+         "--config.log_every_steps=1", "--config.model.cifar_blocks=1"]
 
 
 def _env(devices: int | None = None) -> dict:
@@ -188,8 +189,10 @@ def test_two_processes_stream_image_files_each_reading_its_part(tmp_path):
     the one of 1 process x 4 devices."""
     from test_folder_stream import VAL_PER_CLASS, _folder
     folder = _folder(tmp_path / "mine")
+    # A ResNet-8 on the 32x32 crops: the input path is under test, not the network.
     flags = [f"--config=configs/folder_lt.py:path={folder},smoke,experts=2",
-             "--config.optim.lr=0.0001", "--config.log_every_steps=1"]
+             "--config.optim.lr=0.0001", "--config.log_every_steps=1",
+             "--config.model.arch=resnet32", "--config.model.cifar_blocks=1"]
     two = subprocess.run(
         [sys.executable, "-m", "ride_jax.launch", "--processes", "2",
          "--devices-per-process", "2", "--", *flags, f"--workdir={tmp_path / 'two'}"],

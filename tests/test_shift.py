@@ -246,7 +246,9 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path):
     streamed = tmp_path / "inet"
     streamed.mkdir()
     (streamed / "config.json").write_text(json.dumps({"dataset": {"name": "imagenet_lt"}}))
-    assert "supports in-memory datasets" in _one_error_line(
+    # a streamed run reads its test images from files: without --image-root (and none
+    # in its config) that is an error before anything is loaded
+    assert "pass --image-root DIR" in _one_error_line(
         shift_cli("--run", str(streamed), "--out", str(tmp_path / "o3")))
     assert "no checkpoint" in _one_error_line(
         shift_cli("--compare", str(runs["dir"] / "a"), str(empty), "--out",

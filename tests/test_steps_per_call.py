@@ -74,7 +74,8 @@ def test_bad_steps_per_call_names_the_value(bad):
 
 def _step_fns(lr=0.01):
     counts = np.array([40, 30, 23, 18, 14, 11, 8, 6, 5, 4])
-    model = create_model("resnet32", num_classes=10, num_experts=2,
+    # ResNet-8 (cifar_blocks=1): the step's chunking is under test, not the network's depth.
+    model = create_model("resnet32", num_classes=10, num_experts=2, cifar_blocks=1,
                          fusion_barriers=jax.default_backend() == "cpu")
     c = common.get_base_config()
     c.loss.reweight_epoch = 0
@@ -166,14 +167,16 @@ def test_trainer_with_scanned_steps_is_the_same_run(tmp_path):
     """RIDE-2, 2 epochs x 4 steps: steps_per_call=3 (a chunk and a single step per epoch)
     and steps_per_call=0 stopped at max_steps=7 then resumed, against one call per step:
     the same metrics rows, checkpoints and final parameters (to float32 rounding)."""
-    ref = train_and_evaluate(synthetic_config(log_every_steps=1), str(tmp_path / "one"))
-    three = train_and_evaluate(synthetic_config(steps_per_call=3, log_every_steps=1),
+    def config(**over):     # ResNet-8: the trainer's chunking is under test, not the network
+        return synthetic_config(**{"model.cifar_blocks": 1}, **over)
+    ref = train_and_evaluate(config(log_every_steps=1), str(tmp_path / "one"))
+    three = train_and_evaluate(config(steps_per_call=3, log_every_steps=1),
                                str(tmp_path / "three"))
-    part = train_and_evaluate(synthetic_config(steps_per_call=0, log_every_steps=2,
-                                               max_steps=7), str(tmp_path / "epoch"))
+    part = train_and_evaluate(config(steps_per_call=0, log_every_steps=2, max_steps=7),
+                              str(tmp_path / "epoch"))
     assert part["status"] == "stopped_at_max_steps" and part["step"] == 7
     assert _params(tmp_path / "epoch")["step"] == 7
-    rest = train_and_evaluate(synthetic_config(steps_per_call=0, log_every_steps=2),
+    rest = train_and_evaluate(config(steps_per_call=0, log_every_steps=2),
                               str(tmp_path / "epoch"))
     for r in (ref, three, rest):
         assert r["status"] == "finished" and r["step"] == 8

@@ -295,10 +295,11 @@ def _cli(*args):
 
 @pytest.fixture(scope="module")
 def sade_run(tmp_path_factory):
-    """A SADE smoke run (3 experts, synthetic data) and ``shift --run`` on it."""
+    """A SADE smoke run (3 experts on a ResNet-8 trunk, synthetic data) and ``shift --run``
+    on it."""
     d = tmp_path_factory.mktemp("sade")
     r = _cli("-m", "ride_jax.main", "--config=configs/synthetic_lt.py:smoke,loss=sade",
-             f"--workdir={d / 'run'}")
+             "--config.model.cifar_blocks=1", f"--workdir={d / 'run'}")
     assert r.returncode == 0, r.stderr[-3000:]
     s = _cli("-m", "ride_jax.analysis", "shift", "--run", str(d / "run"))
     assert s.returncode == 0, s.stderr[-3000:]

@@ -206,7 +206,8 @@ _EIGHT = textwrap.dedent("""
     # 1. The train step in float64 on a 1-device and an 8-device mesh: the same numbers.
     with jax.enable_x64(True):
         counts = np.array([40, 30, 23, 18, 14, 11, 8, 6, 5, 4])
-        model = create_model("resnet32", num_classes=10, num_experts=2, dtype=jnp.float64)
+        model = create_model("resnet32", num_classes=10, num_experts=2, dtype=jnp.float64,
+                             cifar_blocks=1)
         c = common.get_base_config()
         c.loss.reweight_epoch = 0
         sched = optim.custom_lr_schedule(0.1, 4, warmup_epochs=1)
@@ -235,7 +236,7 @@ _EIGHT = textwrap.dedent("""
     # 2. The whole trainer (float32) on 1 and on 8 devices.
     c = load({root!r} + "/configs/synthetic_lt.py", "smoke,experts=2")
     c.unlock(); c.data.remainder = "drop"; c.epochs = 1; c.optim.lr = 1e-4
-    c.log_every_steps = 1; c.lock()
+    c.log_every_steps = 1; c.model.cifar_blocks = 1; c.lock()
     for n in (1, 8):
         wd = sys.argv[1] + f"/w{{n}}"
         r = train_and_evaluate(c, wd, devices=jax.devices()[:n])
@@ -255,7 +256,8 @@ _EIGHT = textwrap.dedent("""
     from ride_jax.models import make_router
     from ride_jax.train import make_eval_step
     with jax.enable_x64(True):
-        model = create_model("resnet32", num_classes=10, num_experts=3, dtype=jnp.float64)
+        model = create_model("resnet32", num_classes=10, num_experts=3, dtype=jnp.float64,
+                             cifar_blocks=1)
         router = make_router(model, (16, 16, 3), top_k=5)
         x = jnp.asarray(np.random.default_rng(1).standard_normal((64, 16, 16, 3)))
         v = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(jax.random.key(0), x[:1]))

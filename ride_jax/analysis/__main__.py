@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--workdir", required=True, help="the run's workdir")
     run.add_argument("--out", default=None, help="output folder (default WORKDIR/analysis)")
     shift = sub.add_parser("shift", help="accuracy of a finished run on the eleven shifted "
-                           "test distributions (forward 50 ... uniform ... backward 50)")
+                           "test distributions (forward 50 ... uniform ... backward 50; "
+                           "iNat: forward 3 ... backward 3)")
     what = shift.add_mutually_exclusive_group(required=True)
     what.add_argument("--run", help="the run's workdir: shift.json and shift.png go into "
                       "RUN/analysis (or --out)")
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="no test-time aggregation, not even for a SADE run")
     shift.add_argument("--out", default=None, help="output folder (default RUN/analysis; "
                        "--compare: the current folder)")
+    shift.add_argument("--image-root", dest="image_root", default=None, metavar="DIR",
+                       help="imagenet_lt / places_lt / inat2018 runs: the folder holding "
+                       "the test list's paths (e.g. DIR/val/n01440764/ILSVRC2012_val_"
+                       "00000293.JPEG; default: the run config's dataset.args.image_root)")
     seeds = sub.add_parser("seeds", help="N seeds of a recipe (resumable): mean +- std of "
                            "every metric; --compare tabulates several seeds folders")
     seeds.add_argument("--config", default=None, help="recipe, configs/X.py[:args]; "

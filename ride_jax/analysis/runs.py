@@ -3,7 +3,10 @@
 ``predict_run(workdir)`` evaluates the newest checkpoint of a run on its test set with
 the run's own settings (test-time classifier, ``tau``, routed inference when the run
 has a router) and returns host arrays; ``analyze_run(workdir)`` writes the figures and
-``analysis.json`` into ``<workdir>/analysis``. The command line is
+``analysis.json`` into ``<workdir>/analysis``. A run on a streamed dataset (ImageNet-LT,
+Places-LT, iNat) is loaded from its folder alone with ``load_streamed_predictor`` (no
+dataset built, no TensorFlow) and evaluated on image files with ``predict_files``
+(the official Resize + CenterCrop on PIL, normalised on the device). The command line is
 ``python -m ride_jax.analysis run --workdir=DIR``.
 """
 
@@ -27,20 +30,24 @@ CONFUSION_MAX_CLASSES = 30
 
 @dataclasses.dataclass(frozen=True)
 class Predictor:
-    """A checkpoint of a finished run, ready to evaluate images (see :func:`load_predictor`).
+    """A checkpoint of a finished run, ready to evaluate images (see :func:`load_predictor`
+    and :func:`load_streamed_predictor`).
 
     Attributes:
       apply: jitted ``(variables, images [B, H, W, C] normalised) -> (logits [B, C],
         expert_logits [E, B, C], num_experts [B] int32)``: the run's evaluation (the
         method's evaluation transform, routed inference when the run has a router).
       variables: ``{'params', 'batch_stats'}`` (tau-normalised when ``tau >= 0``).
-      dataset: the in-memory dataset.
+      dataset: the in-memory dataset (None for a streamed run's predictor).
       config: the run's config (JSON dict).
       experts: jitted ``(variables, images) -> expert_logits [E, B, C]`` (every expert,
         no router, no transform).
       num_experts: E.
       routed: the run has a router.
       dtype: the network's input dtype.
+      train_counts: ``[C]`` the training images per class.
+      image_shape: ``(H, W, C)`` of the network's input.
+      mean, std: the dataset's per-channel normalisation (0..1 scale).
     """
     apply: Any
     variables: Any
@@ -50,6 +57,19 @@ class Predictor:
     num_experts: int
     routed: bool
     dtype: Any
+    train_counts: np.ndarray
+    image_shape: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+# The streamed datasets a predictor can be built for from the run folder alone, and their
+# normalisation (official RIDE data loaders; ``ride_jax.data.base``).
+def _streamed_normalization() -> dict[str, tuple[tuple[float, ...], tuple[float, ...]]]:
+    from ride_jax.data.base import IMAGENET_MEAN, IMAGENET_STD, INAT_MEAN, INAT_STD
+    return {"imagenet_lt": (IMAGENET_MEAN, IMAGENET_STD),
+            "places_lt": (IMAGENET_MEAN, IMAGENET_STD),
+            "inat2018": (INAT_MEAN, INAT_STD)}
 
 
 def load_predictor(workdir: str | os.PathLike, *, dataset: Any = None,
@@ -64,26 +84,81 @@ def load_predictor(workdir: str | os.PathLike, *, dataset: Any = None,
     Raises:
       ValueError: the dataset is streamed (one line).
     """
-    from ride_jax.data.base import ArrayDataset
-    from ride_jax.models import make_router, routed_apply, tau_normalize
     from ride_jax.checkpointing import load_run
-    from ride_jax.networks import DTYPES, model_from_config
+    from ride_jax.data.base import ArrayDataset
     from ride_jax.train import build_dataset
 
     cfg, variables, _ = load_run(os.fspath(workdir), which)
     config = ml_collections.ConfigDict(cfg)
+    if dataset is None and config.dataset.name in _streamed_normalization():
+        raise ValueError(f"run analysis needs an in-memory dataset; {config.dataset.name!r} "
+                         "is streamed (load_streamed_predictor and predict_files read its "
+                         "test images from files: python -m ride_jax.analysis shift --run "
+                         "RUN --image-root DIR)")
     ds = build_dataset(config) if dataset is None else dataset
     if not isinstance(ds, ArrayDataset):
         raise ValueError(f"run analysis needs an in-memory dataset; {config.dataset.name!r} "
                          "is streamed (prepare a cache with python -m ride_jax.data.prepare "
                          "and pass it as dataset=load_cache(...))")
-    model = model_from_config(cfg["model"], ds.num_classes)
+    return _make_predictor(cfg, variables, ds.num_classes, ds.image_shape,
+                           np.asarray(ds.train_counts), tuple(ds.mean), tuple(ds.std),
+                           dataset=ds)
+
+
+def load_streamed_predictor(workdir: str | os.PathLike, *,
+                            which: str | int = "latest") -> Predictor:
+    """A :class:`Predictor` of a run on a streamed dataset (``imagenet_lt``, ``places_lt``,
+    ``inat2018``), built from the run folder alone: no dataset is built, nothing of
+    TensorFlow is imported.
+
+    The number of classes, the training counts and the input shape are the run's
+    ``dataset.json`` (the trainer writes the dataset's ``describe()`` there); the
+    normalisation is the dataset's (ImageNet's for ImageNet-LT and Places-LT, iNat's for
+    iNaturalist 2018). ``dataset`` is None: the images come from files
+    (:func:`predict_files`).
+
+    Raises:
+      FileNotFoundError: no checkpoint, or no ``dataset.json`` (one line).
+      ValueError: the run's dataset is not one of the streamed ones (one line).
+    """
+    from ride_jax.checkpointing import load_run
+
+    cfg, variables, info = load_run(os.fspath(workdir), which)
+    name = cfg.get("dataset", {}).get("name")
+    norms = _streamed_normalization()
+    if name not in norms:
+        raise ValueError(f"load_streamed_predictor reads runs on {tuple(norms)}; this run's "
+                         f"dataset is {name!r} (use load_predictor)")
+    if info is None:
+        raise FileNotFoundError(f"{os.fspath(workdir)!r} has no dataset.json (the trainer "
+                                "writes it next to config.json): the number of classes and "
+                                "training counts of the run are unknown")
+    counts = np.asarray(info["train_counts"], np.int64)
+    if int(info.get("num_classes", len(counts))) != len(counts):
+        raise ValueError(f"dataset.json of {os.fspath(workdir)!r} has num_classes="
+                         f"{info.get('num_classes')} but {len(counts)} train_counts")
+    mean, std = norms[name]
+    return _make_predictor(cfg, variables, len(counts), tuple(int(v) for v in
+                                                            info["image_shape"]),
+                           counts, tuple(mean), tuple(std), dataset=None)
+
+
+def _make_predictor(cfg: dict, variables: Any, num_classes: int, image_shape: tuple,
+                    counts: np.ndarray, mean: tuple, std: tuple, *, dataset: Any
+                    ) -> Predictor:
+    """The :class:`Predictor` of a loaded checkpoint (shared by the in-memory and the
+    streamed cases)."""
+    from ride_jax.models import make_router, routed_apply, tau_normalize
+    from ride_jax.networks import DTYPES, model_from_config
+
+    config = ml_collections.ConfigDict(cfg)
+    model = model_from_config(cfg["model"], num_classes)
     if config.tau >= 0:
         variables = tau_normalize(variables, config.tau)
-    transform = _eval_transform(config, np.asarray(ds.train_counts))
+    transform = _eval_transform(config, counts)
     router = None
     if "router" in variables["params"]:
-        router = make_router(model, ds.image_shape, top_k=config.router.top_k,
+        router = make_router(model, tuple(image_shape), top_k=config.router.top_k,
                              hidden=config.router.hidden)
 
     @jax.jit
@@ -102,9 +177,10 @@ def load_predictor(workdir: str | os.PathLike, *, dataset: Any = None,
     def experts(variables, images):
         return model.apply(variables, images, train=False)["expert_logits"]
 
-    return Predictor(apply=apply, variables=variables, dataset=ds, config=cfg,
+    return Predictor(apply=apply, variables=variables, dataset=dataset, config=cfg,
                      experts=experts, num_experts=model.num_experts, routed=router is not None,
-                     dtype=DTYPES[config.model.dtype])
+                     dtype=DTYPES[config.model.dtype], train_counts=counts,
+                     image_shape=tuple(image_shape), mean=mean, std=std)
 
 
 def _eval_transform(config: ml_collections.ConfigDict, counts: np.ndarray):
@@ -157,6 +233,67 @@ def predict_run(workdir: str | os.PathLike, *, dataset: Any = None,
             "labels": np.concatenate(labels).astype(np.int64),
             "num_experts": np.concatenate(used).astype(np.int64), "routed": pr.routed,
             "train_counts": np.asarray(ds.train_counts), "class_names": ds.class_names,
+            "config": pr.config}
+
+
+def file_source(predictor: Predictor, paths: Any, labels: Any) -> Any:
+    """The image files ``paths`` (full paths) through the official evaluation transform
+    at the run's input size: Resize(``round(size * 256 / 224)``) + CenterCrop(``size``)
+    on PIL (:func:`ride_jax.data.grain_pipeline.official_eval_transform`), as a
+    :class:`~ride_jax.data.grain_pipeline.FileSource` (uint8, not normalised)."""
+    from ride_jax.data import pil_transforms
+    from ride_jax.data.grain_pipeline import FileSource, official_eval_transform
+    size = int(predictor.image_shape[0])
+    return FileSource(paths, labels, transform_eval=official_eval_transform(
+        size, pil_transforms.resize_size(size)))
+
+
+def predict_files(predictor: Predictor, source: Any, *, batch_size: int | None = None,
+                  worker_count: int = 0) -> dict[str, Any]:
+    """The outputs of a streamed run's :class:`Predictor` on image files, on the host.
+
+    Args:
+      predictor: :func:`load_streamed_predictor`'s (or any predictor's) output.
+      source: :func:`file_source` (``source[i] -> {'image': uint8, 'label'}``), read in
+        order by grain (:func:`ride_jax.data.grain_pipeline.make_eval_iter`: reader
+        threads, or ``worker_count`` processes), normalised on the device.
+      batch_size: evaluation batch (default: the run's ``data.eval_batch_size``); the last
+        batch is padded, so the network compiles once.
+
+    Returns:
+      :func:`predict_run`'s keys, in the source's order (``'class_names'`` None).
+    """
+    from ride_jax.data.augment import normalize
+    from ride_jax.data.grain_pipeline import make_eval_iter, reader_options
+
+    pr = predictor
+    config = ml_collections.ConfigDict(pr.config)
+    batch = int(batch_size or config.data.eval_batch_size)
+    mean, std = tuple(pr.mean), tuple(pr.std)
+
+    @jax.jit
+    def run(variables, images):
+        return pr.apply(variables, normalize(images, mean, std, pr.dtype))
+
+    parts = []
+    it = make_eval_iter(source, batch_size=batch, worker_count=worker_count,
+                        read_options=reader_options(worker_count))
+    try:
+        for b in it:
+            logits, expert, used = run(pr.variables, jax.numpy.asarray(b["image"]))
+            keep = np.asarray(b["mask"])
+            parts.append((np.asarray(logits, np.float32)[keep],
+                          np.asarray(expert, np.float32)[:, keep],
+                          np.asarray(b["label"])[keep], np.asarray(used)[keep]))
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+    logits, expert, labels, used = zip(*parts)
+    return {"logits": np.concatenate(logits), "expert_logits": np.concatenate(expert, axis=1),
+            "labels": np.concatenate(labels).astype(np.int64),
+            "num_experts": np.concatenate(used).astype(np.int64), "routed": pr.routed,
+            "train_counts": np.asarray(pr.train_counts), "class_names": None,
             "config": pr.config}
 
 

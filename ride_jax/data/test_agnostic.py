@@ -18,6 +18,11 @@ Per-class sizes: ``int(N * (1 / ratio) ** (k / (C - 1)))`` with k the class's tr
 frequency rank (reversed for backward), N = 50 / 100 / 3 for ImageNet-LT / Places-LT /
 iNat (C = 1000 / 365 / 8142); iNat forward-3 and backward-3 miss 1 and 11 images of that
 (1 and 8 empty classes), as shipped.
+
+Every shifted list (``paths='test_list'``) is a subset of the dataset's test list:
+:func:`shifted_test_positions` gives each distribution as rows of the uniform list
+(:func:`list_positions`: by path, the labels checked), so one evaluation of the test
+list serves all of them (``python -m ride_jax.analysis shift --image-root``).
 """
 
 from __future__ import annotations
@@ -149,3 +154,71 @@ def shifted_test_list(dataset: str, name: str, *, paths: str = "test_list"
             out.append(hit[0])
         p = tuple(out)
     return p, y.copy()
+
+
+def list_positions(paths, labels, uniform_paths, uniform_labels, *,
+                   source: str = "the list") -> np.ndarray:
+    """The rows of a list's ``(paths, labels)`` in the uniform list ``(uniform_paths,
+    uniform_labels)``: ``[N]`` int64 positions, in the list's order.
+
+    ``uniform_paths`` is a sequence of paths or a ready ``{path: position}`` dict.
+
+    Raises:
+      ValueError: (one line, naming ``source``) a path that is not in the uniform list,
+        whose label there differs, or a uniform list naming a path twice.
+    """
+    if isinstance(uniform_paths, dict):
+        index = uniform_paths
+    else:
+        index = uniform_index(uniform_paths)
+    uniform_labels = np.asarray(uniform_labels)
+    labels = np.asarray(labels)
+    if len(labels) != len(paths):
+        raise ValueError(f"{source}: {len(paths)} paths but {len(labels)} labels")
+    out = np.empty(len(paths), np.int64)
+    for k, (p, c) in enumerate(zip(paths, labels)):
+        row = index.get(p)
+        if row is None:
+            raise ValueError(f"{source}: {p} is not in the uniform (test) list")
+        if uniform_labels[row] != c:
+            raise ValueError(f"{source}: {p} has label {int(c)}, the uniform (test) list "
+                             f"gives it {int(uniform_labels[row])}")
+        out[k] = row
+    return out
+
+
+def uniform_index(paths) -> dict[str, int]:
+    """``{path: position}`` of a uniform (test) list; a path listed twice is an error."""
+    index = {p: i for i, p in enumerate(paths)}
+    if len(index) != len(paths):
+        seen = set()
+        twice = next(p for p in paths if p in seen or seen.add(p))
+        raise ValueError(f"the uniform (test) list names {twice} twice")
+    return index
+
+
+def shifted_test_positions(dataset: str, names=None) -> dict[str, np.ndarray]:
+    """Every test distribution of ``dataset`` as rows of its uniform (test) list.
+
+    Args:
+      dataset: ``'imagenet_lt'``, ``'places_lt'`` or ``'inat2018'``.
+      names: distributions (default: :func:`shift_names`).
+
+    Returns:
+      ``{name: [n] int64 positions}`` in ``shifted_test_list(dataset, 'uniform')`` (the
+      ``paths='test_list'`` paths, so one evaluation of the test list serves them all);
+      ``'uniform'`` is ``arange(N)``.
+
+    Raises:
+      ValueError: a listed path that is not in the uniform list, or with another label
+        there (:func:`list_positions`).
+    """
+    names = shift_names(dataset) if names is None else tuple(names)
+    uniform_paths, uniform_labels = shifted_test_list(dataset, "uniform")
+    index = uniform_index(uniform_paths)
+    out = {}
+    for name in names:
+        paths, labels = shifted_test_list(dataset, name)
+        out[name] = list_positions(paths, labels, index, uniform_labels,
+                                   source=f"{dataset} {name}")
+    return out

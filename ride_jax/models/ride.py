@@ -207,7 +207,7 @@ def create_model(arch: str = "resnet32", *, num_classes: int, num_experts: int =
                  reslt_branches: int = 3, reslt_eval_gamma: float | None = None,
                  reslt_train_order: str | None = None,
                  reslt_eval_order: str | None = None,
-                 fusion_barriers: bool = False) -> RIDEModel:
+                 fusion_barriers: bool = False, cifar_blocks: int = 5) -> RIDEModel:
     """Builds a RIDE network as the official ``ResNet32Model`` / ``ResNet10Model`` /
     ``ResNet50Model`` / ``ResNeXt50Model`` would.
 
@@ -248,6 +248,9 @@ def create_model(arch: str = "resnet32", *, num_classes: int, num_experts: int =
         steps on XLA:CPU, which otherwise recomputes BN/ReLU/residual chains inside its
         kernel-gradient transposes. The trainer turns it on for CPU devices
         (``config.cpu_fusion_barriers``).
+      cifar_blocks: ``resnet32`` only: BasicBlocks per stage n of the CIFAR ResNet-(6n+2)
+        (5: ResNet-32, the official network; 3: ResNet-20; 9: ResNet-56; 1: ResNet-8,
+        quick to compile for tests and trials).
     """
     check_choice("arch", arch, ARCHS)
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -276,24 +279,31 @@ def create_model(arch: str = "resnet32", *, num_classes: int, num_experts: int =
     if fusion_barriers and arch != "resnet32":
         raise ValueError(f"fusion_barriers=True is implemented for arch 'resnet32' only, "
                          f"not {arch!r}")
+    if (isinstance(cifar_blocks, bool) or not isinstance(cifar_blocks, int)
+            or cifar_blocks < 1):
+        raise ValueError(f"cifar_blocks={cifar_blocks!r} is invalid: expected an integer >= 1")
+    if cifar_blocks != 5 and arch != "resnet32":
+        raise ValueError(f"cifar_blocks={cifar_blocks} sets the depth of the CIFAR ResNet "
+                         f"(arch 'resnet32'); {arch!r} has its own depth: leave it 5")
     if arch == "resnet32":
         if layer4_dim is not None:
             raise ValueError("resnet32 has no layer4: layer4_dim must be None")
-        trunk = CifarTrunk(dtype=dtype, fusion_barriers=fusion_barriers)
+        trunk = CifarTrunk(dtype=dtype, fusion_barriers=fusion_barriers, blocks=cifar_blocks)
         if head == "reslt":
             expert = CifarResLTExpert(
                 num_classes=num_classes,
                 layer2_dim=layer2_dim or (24 if reduce_dimension else 32),
                 layer3_dim=layer3_dim or (48 if reduce_dimension else 64),
                 num_branches=reslt_branches, eval_gamma=reslt_eval_gamma, dtype=dtype,
-                fusion_barriers=fusion_barriers)
+                fusion_barriers=fusion_barriers, blocks=cifar_blocks)
             return RIDEModel(trunk=trunk, expert=expert, num_experts=num_experts,
                              num_classes=num_classes, expert_impl=expert_impl, arch=arch)
         expert = CifarExpert(
             num_classes=num_classes,
             layer2_dim=layer2_dim or (24 if reduce_dimension else 32),
             layer3_dim=layer3_dim or (48 if reduce_dimension else 64),
-            use_norm=use_norm, scale=scale, dtype=dtype, fusion_barriers=fusion_barriers)
+            use_norm=use_norm, scale=scale, dtype=dtype, fusion_barriers=fusion_barriers,
+            blocks=cifar_blocks)
     else:
         if layer2_dim is not None:
             raise ValueError(f"{arch} shares layer2 across experts: layer2_dim must be None")
