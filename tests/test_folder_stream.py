@@ -180,12 +180,14 @@ def test_a_run_resumed_mid_epoch_sees_the_uninterrupted_batches_without_reading_
         if self.transform_train is not None:        # the training images only
             self.decode = counted
     monkeypatch.setattr(grain_pipeline.FileSource, "__init__", init)
-    c = _config(folder, ("log_every_steps", 1))      # 3 steps of 16 (46 images) per epoch
+    # A ResNet-8 on the 32x32 crops: the reads are under test, not the network.
+    small = (("model.arch", "resnet32"), ("model.cifar_blocks", 1))
+    c = _config(folder, ("log_every_steps", 1), *small)   # 3 steps of 16 (46 images) per epoch
     whole = train.train_and_evaluate(c, str(tmp_path / "whole"))
     assert whole["status"] == "finished" and whole["step"] == 6
     # Stopped after step 4 (mid-epoch 2), then resumed.
     counted.n = 0
-    c_stop = _config(folder, ("log_every_steps", 1), ("max_steps", 4))
+    c_stop = _config(folder, ("log_every_steps", 1), ("max_steps", 4), *small)
     part = train.train_and_evaluate(c_stop, str(tmp_path / "resumed"))
     assert part["status"] == "stopped_at_max_steps" and part["step"] == 4
     # Steps 1..4 read 16 + 16 + 14 + 16 training images; grain's reader threads may

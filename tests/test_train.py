@@ -28,8 +28,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _tiny_config(**over):
-    """2 epochs x 4 steps of RIDE-2 on 16x16 synthetic data (159 images, batch 32, 'drop')."""
-    return synthetic_config("experts=2", **over)
+    """2 epochs x 4 steps of RIDE-2 on 16x16 synthetic data (159 images, batch 32, 'drop'),
+    on a ResNet-8 (``model.cifar_blocks=1``): these tests check the trainer."""
+    return synthetic_config("experts=2", **{"model.cifar_blocks": 1, **over})
 
 
 def _final_params(workdir):

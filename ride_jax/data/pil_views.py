@@ -69,10 +69,7 @@ class PilViewSpec:
     flip: bool = True
 
     def __post_init__(self):
-        for name in ("jitter_p", "grayscale_p", "blur_p"):
-            p = getattr(self, name)
-            if not 0 <= p <= 1:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
+        check_view_fields(self)
         lo, hi = self.scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {self.scale!r}")
@@ -80,9 +77,20 @@ class PilViewSpec:
         if not 0 < lo <= hi:
             raise ValueError(f"blur_sigma must satisfy 0 < low <= high, got "
                              f"{self.blur_sigma!r}")
-        if not 0 <= self.jitter[3] <= 0.5 or min(self.jitter[:3]) < 0:
-            raise ValueError(f"jitter must be (brightness, contrast, saturation >= 0, "
-                             f"0 <= hue <= 0.5), got {self.jitter!r}")
+
+
+def check_view_fields(spec) -> None:
+    """The checks every SADE view spec shares (this module's :class:`PilViewSpec` and
+    :class:`ride_jax.data.views.ViewAugment`): ``jitter_p``, ``grayscale_p`` and
+    ``blur_p`` are probabilities, ``jitter`` is ColorJitter's (b, c, s >= 0, 0 <= hue <=
+    0.5). Raises ValueError (one line)."""
+    for name in ("jitter_p", "grayscale_p", "blur_p"):
+        p = getattr(spec, name)
+        if not 0 <= p <= 1:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
+    if not 0 <= spec.jitter[3] <= 0.5 or min(spec.jitter[:3]) < 0:
+        raise ValueError(f"jitter must be (brightness, contrast, saturation >= 0, "
+                         f"0 <= hue <= 0.5), got {spec.jitter!r}")
 
 
 # SADE test_training_imagenet.py:177-187 (Places-LT: test_training_places.py:224-234).

@@ -68,17 +68,12 @@ class ViewAugment:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
 
     def __post_init__(self):
-        for name in ("jitter_p", "grayscale_p", "blur_p"):
-            p = getattr(self, name)
-            if not 0 <= p <= 1:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
+        from ride_jax.data.pil_views import check_view_fields
+        check_view_fields(self)
         lo, hi = self.blur_sigma
         if not 0 < lo <= hi <= BLUR_HALF_WIDTH / 3:
             raise ValueError(f"blur_sigma must satisfy 0 < low <= high <= "
                              f"{BLUR_HALF_WIDTH / 3}, got {self.blur_sigma!r}")
-        if not 0 <= self.jitter[3] <= 0.5 or min(self.jitter[:3]) < 0:
-            raise ValueError(f"jitter must be (brightness, contrast, saturation >= 0, "
-                             f"0 <= hue <= 0.5), got {self.jitter!r}")
 
 
 SADE_CIFAR = ViewAugment()
