@@ -221,9 +221,16 @@ def predict_run(workdir: str | os.PathLike, *, dataset: Any = None,
     loader = make_loader(ds, config.data.batch_size,
                          eval_batch_size=batch_size or config.data.eval_batch_size, mesh=mesh,
                          augment="none", dtype=pr.dtype)
+    return _collect(pr, loader.eval_batches(), pr.apply, ds.class_names)
+
+
+def _collect(pr: Predictor, batches: Any, apply: Any, class_names: Any) -> dict[str, Any]:
+    """:func:`predict_run`'s dict from padded evaluation ``batches`` (``'image'``,
+    ``'label'``, ``'mask'``) run through ``apply(variables, images) -> (logits,
+    expert_logits, num_experts)``; padding rows dropped."""
     parts = []
-    for batch in loader.eval_batches():
-        logits, expert, used = pr.apply(pr.variables, batch["image"])
+    for batch in batches:
+        logits, expert, used = apply(pr.variables, batch["image"])
         keep = np.asarray(batch["mask"])
         parts.append((np.asarray(logits, np.float32)[keep],
                       np.asarray(expert, np.float32)[:, keep],
@@ -232,7 +239,7 @@ def predict_run(workdir: str | os.PathLike, *, dataset: Any = None,
     return {"logits": np.concatenate(logits), "expert_logits": np.concatenate(expert, axis=1),
             "labels": np.concatenate(labels).astype(np.int64),
             "num_experts": np.concatenate(used).astype(np.int64), "routed": pr.routed,
-            "train_counts": np.asarray(ds.train_counts), "class_names": ds.class_names,
+            "train_counts": np.asarray(pr.train_counts), "class_names": class_names,
             "config": pr.config}
 
 
@@ -275,26 +282,14 @@ def predict_files(predictor: Predictor, source: Any, *, batch_size: int | None =
     def run(variables, images):
         return pr.apply(variables, normalize(images, mean, std, pr.dtype))
 
-    parts = []
     it = make_eval_iter(source, batch_size=batch, worker_count=worker_count,
                         read_options=reader_options(worker_count))
     try:
-        for b in it:
-            logits, expert, used = run(pr.variables, jax.numpy.asarray(b["image"]))
-            keep = np.asarray(b["mask"])
-            parts.append((np.asarray(logits, np.float32)[keep],
-                          np.asarray(expert, np.float32)[:, keep],
-                          np.asarray(b["label"])[keep], np.asarray(used)[keep]))
+        return _collect(pr, it, run, None)
     finally:
         close = getattr(it, "close", None)
         if close is not None:
             close()
-    logits, expert, labels, used = zip(*parts)
-    return {"logits": np.concatenate(logits), "expert_logits": np.concatenate(expert, axis=1),
-            "labels": np.concatenate(labels).astype(np.int64),
-            "num_experts": np.concatenate(used).astype(np.int64), "routed": pr.routed,
-            "train_counts": np.asarray(pr.train_counts), "class_names": None,
-            "config": pr.config}
 
 
 def _last_evaluation(workdir: str | os.PathLike) -> dict[str, Any] | None:
