@@ -51,6 +51,50 @@ BEST_METRIC = "accuracy"          # higher is better (``best_mode='max'``)
 WHICH = ("latest", "best")        # besides a step number: see check_which
 
 
+def _late_read_report(exc: BaseException | None) -> bool:
+    """The report of a read that outlived a failed restore: ``RuntimeError: Event loop
+    is closed`` (TensorStore's completion callback finds Orbax's loop closed), or an
+    Orbax read error nobody awaited any more."""
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        return True
+    return isinstance(exc, Exception) and str(exc).startswith(
+        "Encountered error while reading array index")
+
+
+class _NoLateReads(_pylogging.Filter):
+    """Drops asyncio's ``Task exception was never retrieved`` for such a read."""
+
+    def filter(self, record) -> bool:
+        if record.name != "asyncio" or "never retrieved" not in record.getMessage():
+            return True
+        return not (record.exc_info and _late_read_report(record.exc_info[1]))
+
+
+def quiet_late_read_reports(unraisablehook=None):
+    """Install (and return) a ``sys.unraisablehook`` that drops late-read reports.
+
+    When the restore of a damaged checkpoint fails, Orbax closes its event loop while
+    TensorStore reads of that checkpoint are still in flight; their completion
+    callbacks then raise ``RuntimeError: Event loop is closed`` on TensorStore's threads,
+    which Python reports through ``sys.unraisablehook`` (a bare traceback each), and
+    asyncio logs the reads' own errors as never retrieved. The failure itself is
+    already handled (a warning and a fallback, or one ``error:`` line): these reports
+    come after it, and a command line would print a dozen tracebacks below its error.
+    Every other unraisable report goes to ``unraisablehook`` (default: the current one).
+    """
+    import sys
+    hook = unraisablehook or sys.unraisablehook
+
+    def quiet(report):
+        if not _late_read_report(report.exc_value):
+            hook(report)
+    sys.unraisablehook = quiet
+    aio = _pylogging.getLogger("asyncio")
+    if not any(isinstance(f, _NoLateReads) for f in aio.filters):
+        aio.addFilter(_NoLateReads())
+    return quiet
+
+
 class NonFiniteState(FloatingPointError):
     """The state holds NaN or infinite values: it is not written."""
 

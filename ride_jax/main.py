@@ -44,18 +44,6 @@ class _QuietLibraries:
         return record.levelno >= 30 or "/orbax/" not in record.pathname
 
 
-def _quiet_closed_loop(hook):
-    """``sys.excepthook`` without one harmless report: when a restore of a damaged
-    checkpoint fails, Orbax closes its event loop while TensorStore reads of the same
-    checkpoint are still in flight; their late completion callbacks then print
-    ``RuntimeError: Event loop is closed`` tracebacks after the one-line error."""
-    def excepthook(kind, value, tb):
-        if kind is RuntimeError and str(value) == "Event loop is closed":
-            return
-        hook(kind, value, tb)
-    return excepthook
-
-
 def _user_error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -132,7 +120,6 @@ def main(argv: list[str]) -> int:
         _user_error(f"unexpected arguments: {argv[1:]} (options are --config=..., "
                     "--workdir=... and --config.KEY=VALUE)")
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    sys.excepthook = _quiet_closed_loop(sys.excepthook)
     config = _CONFIG.value
     from ride_jax import config_checks, configlib
     try:   # before jax starts or anything is written
@@ -142,6 +129,8 @@ def main(argv: list[str]) -> int:
     except USER_ERRORS as e:
         _user_error(str(e))
     import jax  # after flag parsing, so --help is fast
+    from ride_jax.checkpointing import quiet_late_read_reports
+    quiet_late_read_reports()     # no tracebacks below a damaged checkpoint's error
     if config.distributed:
         joining = distributed_args(os.environ)
         if joining.get("process_id", 0) > 0:

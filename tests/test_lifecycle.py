@@ -351,11 +351,33 @@ def test_sigterm_while_compiling_exits_within_seconds(tmp_path):
     assert not (tmp_path / "run.lock").exists() and (tmp_path / "config.json").exists()
 
 
-def test_late_closed_loop_reports_are_dropped_and_nothing_else():
-    from ride_jax.main import _quiet_closed_loop
+def test_late_read_reports_are_dropped_and_nothing_else(monkeypatch):
+    import logging as pylogging
+    import types
+    from ride_jax.checkpointing import quiet_late_read_reports
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)   # restored after
     seen = []
-    hook = _quiet_closed_loop(lambda kind, value, tb: seen.append((kind, str(value))))
-    hook(RuntimeError, RuntimeError("Event loop is closed"), None)
-    hook(RuntimeError, RuntimeError("something else"), None)
-    hook(ValueError, ValueError("Event loop is closed"), None)
-    assert seen == [(RuntimeError, "something else"), (ValueError, "Event loop is closed")]
+    hook = quiet_late_read_reports(lambda report: seen.append(report.exc_value))
+    assert sys.unraisablehook is hook
+    late = [RuntimeError("Event loop is closed"),
+            Exception("Encountered error while reading array index: (slice(0, 3, 1),)")]
+    other = [RuntimeError("something else"), ValueError("Event loop is closed!"),
+             Exception("a reading error")]
+    for exc in late + other:
+        hook(types.SimpleNamespace(exc_value=exc, exc_type=type(exc), object=None))
+    assert seen == other
+    logged = []
+
+    class Keep(pylogging.Handler):
+        def emit(self, record):
+            logged.append(record.exc_info[1])
+    aio = pylogging.getLogger("asyncio")
+    keep = Keep()
+    aio.addHandler(keep)
+    try:
+        for exc in late + other:
+            aio.error("Task exception was never retrieved",
+                      exc_info=(type(exc), exc, None))
+    finally:
+        aio.removeHandler(keep)
+    assert logged == other
