@@ -2,7 +2,7 @@
 
     python benchmarks/input_pipeline.py                     # in-memory loader + train step
     python benchmarks/input_pipeline.py --streaming         # also grain / tf.data / torch at 224
-    python benchmarks/input_pipeline.py --skip-loader --skip-train --streaming --images 256 --repeats 3
+    python benchmarks/input_pipeline.py --skip-loader --skip-train --streaming --images 1024 --repeats 3
 
 In-memory loader (``ride_jax.data.loader``): a CIFAR-100-LT-sized uint8 set (10,847
 images, 32x32x3, ``synthetic_lt``) on the device; for each augmentation recipe and
@@ -35,14 +35,16 @@ CenterCrop 224), host-side uint8 224x224 batches of ``--stream-batch``:
 * one-thread references, no pipeline: PIL decode alone (open + convert), the PIL resize
   alone (on decoded images) and decode + the whole transform.
 
-Steady-state rate of a pipeline: per repeat, a fresh iterator reads ``--images`` images
-(rounded up to whole batches; the files in turn) and another twice as many, each to its
-last batch; images/s = the extra images / the extra time (medians of each time over the
-repeats), so start-up (worker processes, TF graph building) and what the buffers hold
-cancel out ("start-up s" estimates the former; for torch, whose persistent workers start
-once, the warm-up epoch's time). Images/s per core divides by the cores used (all of
-this process's for the pipelines, 1 for the references); "vs tf.data" is the per-core
-ratio to the tf.data row of the same transform.
+Rates of a pipeline over whole epochs: per repeat, a fresh iterator reads one epoch of
+``--images`` images (rounded up to whole batches; the files in turn) to its last batch.
+"images/s" is the steady rate, the images of the epoch's second half over its time
+(start-up left out: worker processes, TF graph building, and what was read ahead by
+the first batch); "epoch img/s" is the whole epoch's (start-up included: what an epoch
+of this length costs); "1st batch s" is the time to the first batch (torch: "(+s)" is
+its persistent workers' start, a warm-up epoch paid once per run, not per epoch). Keep
+epochs long against what a pipeline reads ahead during its start-up. Images/s per core divides the steady rate by the cores used (all
+of this process's for the pipelines, 1 for the references); "vs tf.data" is the
+per-core ratio to the tf.data row of the same transform.
 
 Medians over ``--repeats`` runs.
 """
@@ -58,7 +60,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -278,44 +279,62 @@ def __getattr__(name):
 
 
 def _epoch_time(make_iter, count, n):
-    """Images read and seconds from making a fresh iterator of ``n`` images to its last batch."""
+    """One whole epoch of ``n`` images from a fresh iterator: ``(images, marks)``, where
+    ``marks`` holds ``(images read, seconds)`` after each batch, the seconds counted from
+    making the iterator."""
     t0 = time.perf_counter()
     it = make_iter(n)
-    got = 0
+    got, marks = 0, []
     while got < n:
         got += count(next(it))
-    elapsed = time.perf_counter() - t0
+        marks.append((got, time.perf_counter() - t0))
     getattr(make_iter, "close_iter", _close)(it)
-    return got, elapsed
+    return got, marks
 
 
-def _time_stream(make_iter, count, images, repeats):
-    """Steady-state images/s of a pipeline, start-up and buffering cancelled out.
+def _rate_between(marks, n, lo, hi):
+    """Images/s between the first batch that brings the images read to ``lo * n`` and
+    the one that brings them to ``hi * n`` (None where that span takes no time)."""
+    a = next(m for m in marks if m[0] >= lo * n)
+    b = next(m for m in marks if m[0] >= hi * n)
+    return (b[0] - a[0]) / (b[1] - a[1]) if b[1] > a[1] else None
 
-    Per repeat, a fresh iterator reads ``images`` images and another ``2 * images``
-    (each to its last batch); the rate is the extra images over the extra time. (Timing
-    windows of one long stream would not do: grain's reader threads each make a whole
-    batch, so batches arrive in bursts of up to 16, and the first window would ride on
-    what the buffers filled during start-up.) The rate is taken from the medians of the
-    two times over the repeats (more robust than the median of per-repeat ratios, which
-    a start-up jitter comparable to the extra time throws far off); where noise makes
-    the longer run no slower, it is the longer run's plain rate. Returns ``(rate,
-    startup, times)``: images/s, the start-up estimate ``t(images) - images / rate`` and
-    the per-repeat ``(t1, t2)`` seconds.
+
+def _time_stream(make_iter, count, images, repeats, log=print, name="pipeline"):
+    """Images/s of a pipeline over whole epochs of ``images`` images.
+
+    Per repeat, a fresh iterator reads one whole epoch to its last batch. Two rates, each
+    the median over the repeats: the steady rate, the images of the epoch's second half
+    over its time (start-up left out: spawned workers, TF graph building), and the epoch
+    rate, all images over the whole time (what one epoch of this length costs).
+
+    Read-ahead: by its first batch a pipeline may hold many more made (grain's spawned
+    workers had a whole 64-image epoch ready by then); a consumer that only counts keeps
+    the buffers empty once started, so later images arrive as they are made. The steady
+    rate is right while that start-up read-ahead ends before mid-epoch; where the
+    epoch's third quarter comes more than 1.5x faster than its last, it may not, and a
+    note through ``log`` asks for longer epochs. (The N / 2N estimator this replaced,
+    the extra images over the extra time of an N- and a 2N-image run, had the same
+    limit at N, and ran at N = 256: its rates came out up to 30x too high,
+    BENCHMARKS.md "Input pipeline".) Returns ``(steady, epoch, startup, times)``:
+    images/s, images/s, the median seconds to the first batch and the per-repeat
+    ``(first, last)`` seconds.
     """
-    times = []
+    steady, epoch, times = [], [], []
     for _ in range(repeats):
-        n1, t1 = _epoch_time(make_iter, count, images)
-        n2, t2 = _epoch_time(make_iter, count, 2 * images)
-        times.append((t1, t2))
-    t1 = statistics.median(t for t, _ in times)
-    t2 = statistics.median(t for _, t in times)
-    if t2 > t1:
-        rate = (n2 - n1) / (t2 - t1)
-        return rate, t1 - n1 / rate, times
-    # Noise larger than the extra work (tiny runs, a loaded machine): the plain rate of
-    # the longer run, start-up included (a lower bound), and no start-up estimate.
-    return n2 / t2, 0.0, times
+        n, marks = _epoch_time(make_iter, count, images)
+        last = marks[-1][1]
+        late = _rate_between(marks, n, 0.5, 1.0)
+        steady.append(late if late is not None else n / last)
+        epoch.append(n / last)
+        times.append((marks[0][1], last))
+        third, fourth = _rate_between(marks, n, 0.5, 0.75), _rate_between(marks, n, 0.75, 1.0)
+        if third is None or (fourth is not None and third > 1.5 * fourth):
+            log(f"# {name}: the epoch's third quarter came "
+                f"{'at once' if third is None else f'{third / fourth:.1f}x faster'} than "
+                f"its last: read-ahead may reach past mid-epoch; use a longer --images")
+    return (statistics.median(steady), statistics.median(epoch),
+            statistics.median(t for t, _ in times), times)
 
 
 class _FirstN:
@@ -400,12 +419,16 @@ def bench_streaming_compare(pipelines, images, batch, workers, repeats, workdir,
     """Images/s of the file pipelines on the same JPEG files and cores, side by side.
 
     Returns rows ``{'pipeline', 'transform', 'workers', 'cores', 'images_per_s',
-    'images_per_s_per_core', 'ratio_to_tfdata', 'startup_s', 'batch'}`` and ``'times_s'``
-    (pipelines: per repeat the seconds of the two runs) or ``'runs'`` (references:
-    images/s per repeat); the per-core
-    figure divides by the cores the pipeline ran on (all of this process's for the
-    pipelines, 1 for the serial reference rows), and ``ratio_to_tfdata`` is the per-core
-    ratio to the tf.data row of the same transform. A pipeline that cannot run here
+    'images_per_s_per_core', 'epoch_images_per_s', 'ratio_to_tfdata', 'startup_s',
+    'batch'}`` and ``'times_s'`` (pipelines: per repeat the seconds to the first and to
+    the last batch) or ``'runs'`` (references: images/s per repeat). ``images_per_s`` is
+    the steady rate of the epoch's second half, ``epoch_images_per_s`` the whole epoch's
+    (start-up included), ``startup_s`` the time to the first batch (torch: also
+    ``workers_start_s``, its persistent workers' warm-up epoch, paid once per run); the
+    per-core figure divides the steady rate by the cores the pipeline ran on (all of
+    this process's for the pipelines, 1 for the serial reference rows), and
+    ``ratio_to_tfdata`` is the per-core ratio to the tf.data row of the same
+    transform. A pipeline that cannot run here
     (its package missing) is left out, with a note through ``log``.
     """
     cores = _cores()
@@ -475,8 +498,8 @@ def bench_streaming_compare(pipelines, images, batch, workers, repeats, workdir,
             def torch_make(mode):
                 # One DataLoader with persistent (spawned) workers, as a training run keeps
                 # them over epochs; a fresh epoch iterator per run, of the first n items
-                # (shuffled for train). The workers start in a warm-up epoch, timed as the
-                # start-up.
+                # (shuffled for train). The workers start in a warm-up epoch, timed apart
+                # (``workers_start_s``): a run pays it once, not every epoch.
                 sampler = _FirstN(batch, shuffle=(mode == "train"))
                 cls = getattr(sys.modules[__name__], "TorchFileDataset")
                 extra = ({"multiprocessing_context": "spawn", "persistent_workers": True}
@@ -490,8 +513,8 @@ def bench_streaming_compare(pipelines, images, batch, workers, repeats, workdir,
                     return iter(loader)
                 make.close_iter = lambda it: None
                 make.finish = lambda: _close(loader._iterator) if workers > 0 else None
-                make.startup_s = _epoch_time(make, lambda b: len(b[1]),
-                                             batch * max(workers, 1))[1]
+                make.workers_start_s = _epoch_time(make, lambda b: len(b[1]),
+                                                   batch * max(workers, 1))[1][-1][1]
                 return make
             add(label, workers, torch_make, lambda b: len(b[1]))
 
@@ -499,17 +522,20 @@ def bench_streaming_compare(pipelines, images, batch, workers, repeats, workdir,
     for mode in transforms:
         for name, w, fn, count in runners:
             make = fn(mode)
-            rate, startup, times = _time_stream(make, count, images, repeats)
+            rate, epoch, startup, times = _time_stream(make, count, images, repeats, log,
+                                                       f"{name} {mode} workers {w}")
             getattr(make, "finish", lambda: None)()
             rows.append({"pipeline": name, "transform": mode, "workers": w, "cores": cores,
-                         "images_per_s": rate,
-                         "startup_s": getattr(make, "startup_s", startup),
+                         "images_per_s": rate, "epoch_images_per_s": round(epoch, 1),
+                         "startup_s": startup,
                          "times_s": [[round(t, 3) for t in pair] for pair in times]})
+            if hasattr(make, "workers_start_s"):
+                rows[-1]["workers_start_s"] = round(make.workers_start_s, 2)
         if serial:
             for name, rates in _bench_serial(paths, mode, images, repeats):
                 rows.append({"pipeline": name, "transform": mode, "workers": "serial",
                              "cores": 1, "images_per_s": statistics.median(rates),
-                             "startup_s": None, "runs": rates})
+                             "epoch_images_per_s": None, "startup_s": None, "runs": rates})
     per_core = [r["images_per_s"] / r["cores"] for r in rows]
     tf_core = {r["transform"]: c for r, c in zip(rows, per_core) if r["pipeline"] == "tf.data"}
     for r, c in zip(rows, per_core):
@@ -527,14 +553,18 @@ def bench_streaming_compare(pipelines, images, batch, workers, repeats, workdir,
 
 def print_streaming_table(rows, verbose=False, out=print):
     out(f"{'pipeline':<34} {'transform':<9} {'workers':>8} {'cores':>5} {'images/s':>9} "
-        f"{'per core':>9} {'vs tf.data':>10} {'start-up s':>10}")
+        f"{'per core':>9} {'vs tf.data':>10} {'epoch img/s':>11} {'1st batch s':>11}")
     for r in rows:
         ratio = "-" if r["ratio_to_tfdata"] is None else f"{r['ratio_to_tfdata']:.2f}x"
         first = "-" if r["startup_s"] is None else f"{r['startup_s']:.2f}"
+        epoch = "-" if r["epoch_images_per_s"] is None else f"{r['epoch_images_per_s']:.1f}"
+        if "workers_start_s" in r:
+            first += f" (+{r['workers_start_s']:.1f})"
         out(f"{r['pipeline']:<34} {r['transform']:<9} {r['workers']!s:>8} {r['cores']:>5} "
             f"{r['images_per_s']:>9.1f} {r['images_per_s_per_core']:>9.1f} {ratio:>10} "
-            f"{first:>10}" + (("   runs (images/s) " + str(r["runs"]) if "runs" in r else
-                               "   (t1, t2) s " + str(r["times_s"])) if verbose else ""))
+            f"{epoch:>11} {first:>11}" + (
+                ("   runs (images/s) " + str(r["runs"]) if "runs" in r else
+                 "   (first, last) s " + str(r["times_s"])) if verbose else ""))
 
 
 def main(argv=None):
@@ -547,8 +577,8 @@ def main(argv=None):
     parser.add_argument("--pipelines", default=None,
                         help="with --streaming: comma list of " + ",".join(STREAM_PIPELINES)
                              + " (default: all; one whose package is missing is skipped)")
-    parser.add_argument("--images", type=int, default=256,
-                        help="with --streaming: JPEG files, and images per timed run")
+    parser.add_argument("--images", type=int, default=1024,
+                        help="with --streaming: JPEG files, and images per timed epoch")
     parser.add_argument("--workers", type=int, default=None,
                         help="with --streaming: grain / torch worker processes (default: "
                              "the CPU cores; grain is also run with 0)")
@@ -610,9 +640,10 @@ def main(argv=None):
         cores = _cores()
         print(f"# file pipelines side by side: {images} synthetic 500x375 JPEGs (quality 90) "
               f"-> uint8 224x224 host batches of {args.stream_batch}, {cores} CPU cores; "
-              f"steady images/s = extra images / extra time of a fresh {images}- and "
-              f"{2 * images}-image run, median of {args.repeats}; per core = images/s / cores "
-              f"used; 'vs tf.data' = per-core ratio to tf.data, same transform", flush=True)
+              f"whole epochs of {images} images from a fresh iterator, median of "
+              f"{args.repeats}; images/s = the epoch's second half, epoch img/s = start-up "
+              f"included; per core = images/s / cores used; 'vs tf.data' = per-core ratio "
+              f"to tf.data, same transform", flush=True)
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:
             rows_s = bench_streaming_compare(

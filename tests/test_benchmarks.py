@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -153,11 +154,60 @@ def test_input_pipeline_streaming_side_by_side_runs(tmp_path):
     for r in rows:
         assert r["transform"] == "eval" and r["ratio_to_tfdata"] is None, r
         assert r["images_per_s"] > 0 and r["images_per_s_per_core"] > 0, r
+        if r["workers"] != "serial":            # a pipeline: one whole epoch per repeat
+            (first, last), = r["times_s"]
+            assert 0 < first <= last and r["epoch_images_per_s"] > 0, r
     assert "vs tf.data" in proc.stdout
     bad = subprocess.run([sys.executable, "benchmarks/input_pipeline.py", "--streaming",
                           "--pipelines", "grain,bogus"], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "bogus" in bad.stderr
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _read_ahead_pipeline(clock, start_s, ready, per_batch_s, batch):
+    """A fake pipeline on a fake clock: ``start_s`` to its first batch, by when it has
+    ``ready`` batches made (read ahead), then one batch per ``per_batch_s``."""
+    def make(n):
+        def it():
+            clock.now += start_s
+            for k in range(-(-n // batch)):
+                if k >= ready:
+                    clock.now += per_batch_s
+                yield {"label": [0] * batch}
+        return it()
+    make.close_iter = lambda it: None
+    return make
+
+
+def test_the_stream_rate_is_the_steady_rate_despite_read_ahead_and_start_up(monkeypatch):
+    """A pipeline that starts in 5 s with 8 batches of 64 read ahead, then makes one batch
+    per 0.16 s (400 images/s): over a 2048-image epoch the steady rate is 400 and the
+    epoch rate counts the start. Read-ahead past mid-epoch (20 of 32 batches) gives a
+    note, since the second half then overstates the rate."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import input_pipeline as ip
+    clock = _Clock()
+    monkeypatch.setattr(ip.time, "perf_counter", clock)
+    count = lambda b: len(b["label"])             # noqa: E731
+    notes = []
+    steady, epoch, startup, times = ip._time_stream(
+        _read_ahead_pipeline(clock, 5.0, 8, 0.16, 64), count, 2048, 3, notes.append)
+    assert steady == pytest.approx(400.0) and notes == []
+    assert startup == pytest.approx(5.0)
+    assert np.allclose(times, [(5.0, 5.0 + 24 * 0.16)] * 3)
+    assert epoch == pytest.approx(2048 / (5.0 + 24 * 0.16))
+    steady, *_ = ip._time_stream(_read_ahead_pipeline(clock, 5.0, 20, 0.16, 64), count,
+                                 2048, 1, notes.append, "p")
+    assert steady > 400 * 1.2                     # overstated: 16 batches in 12 x 0.16 s
+    assert len(notes) == 1 and notes[0].startswith("# p: the epoch's third quarter came")
 
 
 def test_grain_threads_prints_a_row_per_setting():
