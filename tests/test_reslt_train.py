@@ -183,15 +183,21 @@ def test_main_trains_reslt_and_evaluates_with_the_test_time_classifier(reslt_run
     c = synthetic_config("loss=reslt")
     data = load_dataset(c.dataset.name, **c.dataset.args.to_dict())
     model = create_model("resnet32", num_classes=10, num_experts=1,
-                         reduce_dimension=False, use_norm=False, head="reslt")
+                         reduce_dimension=False, use_norm=False, head="reslt",
+                         cifar_blocks=c.model.cifar_blocks)      # the smoke recipe's ResNet-8
     w = np.asarray(experts["linear"]["kernel"], np.float64)
     by_hand = jax.tree.map(np.asarray, variables)
     by_hand["params"]["experts"]["linear"] = {
         "kernel": (w / np.linalg.norm(w, axis=1, keepdims=True) ** gamma).astype(np.float32),
         "bias": np.zeros((1, 10), np.float32)}
-    logits = model.apply(by_hand, jnp.asarray(data.test.images), train=False)["logits"]
-    acc = float(np.mean(np.argmax(np.asarray(logits), -1) == data.test.labels))
-    assert ev["accuracy"] == pytest.approx(acc, abs=1e-9)
+    # ToTensor + Normalize, as the trainer's evaluation feeds the network.
+    x = (data.test.images.astype(np.float32) / 255.0 - np.asarray(data.mean, np.float32)
+         ) / np.asarray(data.std, np.float32)
+    pred = np.argmax(np.asarray(model.apply(by_hand, jnp.asarray(x), train=False)["logits"]), -1)
+    assert len(set(pred.tolist())) > 1          # not one class for all: the check can fail
+    per_class = [float(np.mean(pred[data.test.labels == k] == k)) for k in range(10)]
+    assert ev["per_class"] == pytest.approx(per_class, abs=1e-9)
+    assert ev["accuracy"] == pytest.approx(float(np.mean(pred == data.test.labels)), abs=1e-9)
     # Without gamma the stage-1 evaluation is reproduced exactly (bias kept).
     plain = train_and_evaluate(synthetic_config("loss=reslt,stage=eval",
                                                 init_from=str(reslt_run)),

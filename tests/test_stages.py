@@ -169,8 +169,9 @@ def test_distillation_loss_in_the_step_and_end_to_end(ride2, tmp_path):
     """The student step optimises E * (RIDE + T^2 KL(teacher || student)) with the teacher
     in training-mode BatchNorm (official quirk) or, as an option, inference mode."""
     cfg, tvars, _ = load_run(str(ride2))
-    teacher = create_model(num_classes=10, num_experts=2)
-    student = create_model(num_classes=10, num_experts=3)
+    blocks = cfg["model"]["cifar_blocks"]               # the smoke recipe's ResNet-8
+    teacher = create_model(num_classes=10, num_experts=2, cifar_blocks=blocks)
+    student = create_model(num_classes=10, num_experts=3, cifar_blocks=blocks)
     x = jax.random.normal(jax.random.key(3), (8, 16, 16, 3))
     y = jnp.arange(8) % 10
     sv = student.init(jax.random.key(4), x)
