@@ -42,9 +42,10 @@ Rates of a pipeline over whole epochs: per repeat, a fresh iterator reads one ep
 the first batch); "epoch img/s" is the whole epoch's (start-up included: what an epoch
 of this length costs); "1st batch s" is the time to the first batch (torch: "(+s)" is
 its persistent workers' start, a warm-up epoch paid once per run, not per epoch). Keep
-epochs long against what a pipeline reads ahead during its start-up. Images/s per core divides the steady rate by the cores used (all
-of this process's for the pipelines, 1 for the references); "vs tf.data" is the
-per-core ratio to the tf.data row of the same transform.
+epochs long against what a pipeline reads ahead during its start-up. Images/s per core
+divides the steady rate by the cores used (all of this process's for the pipelines, 1
+for the references); "vs tf.data" is the per-core ratio to the tf.data row of the same
+transform.
 
 Medians over ``--repeats`` runs.
 """

@@ -81,17 +81,22 @@ def quiet_late_read_reports(unraisablehook=None):
     already handled (a warning and a fallback, or one ``error:`` line): these reports
     come after it, and a command line would print a dozen tracebacks below its error.
     Every other unraisable report goes to ``unraisablehook`` (default: the current one).
+    Every restore calls this first (the reports can come before the failure is caught);
+    without ``unraisablehook``, a hook it installed already is kept, not wrapped again.
     """
     import sys
+    aio = _pylogging.getLogger("asyncio")
+    if not any(isinstance(f, _NoLateReads) for f in aio.filters):
+        aio.addFilter(_NoLateReads())
+    if unraisablehook is None and getattr(sys.unraisablehook, "_drops_late_reads", False):
+        return sys.unraisablehook
     hook = unraisablehook or sys.unraisablehook
 
     def quiet(report):
         if not _late_read_report(report.exc_value):
             hook(report)
+    quiet._drops_late_reads = True
     sys.unraisablehook = quiet
-    aio = _pylogging.getLogger("asyncio")
-    if not any(isinstance(f, _NoLateReads) for f in aio.filters):
-        aio.addFilter(_NoLateReads())
     return quiet
 
 
@@ -278,6 +283,7 @@ class Checkpointer:
             force=force)
 
     def _restore(self, step: int, state_args) -> tuple[Any, dict]:
+        quiet_late_read_reports()    # a damaged checkpoint's late reads print nothing
         items = dict(state=state_args, config=ocp.args.JsonRestore())
         checked = os.path.isdir(os.path.join(self.directory, str(step), "integrity"))
         if checked:             # checkpoints written before the digest have none

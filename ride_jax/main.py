@@ -129,8 +129,6 @@ def main(argv: list[str]) -> int:
     except USER_ERRORS as e:
         _user_error(str(e))
     import jax  # after flag parsing, so --help is fast
-    from ride_jax.checkpointing import quiet_late_read_reports
-    quiet_late_read_reports()     # no tracebacks below a damaged checkpoint's error
     if config.distributed:
         joining = distributed_args(os.environ)
         if joining.get("process_id", 0) > 0:

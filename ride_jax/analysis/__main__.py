@@ -55,8 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "seeds":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from ride_jax.checkpointing import quiet_late_read_reports
-    quiet_late_read_reports()     # no tracebacks below a damaged checkpoint's error
     if args.command == "seeds":
         from ride_jax.analysis.seeds import command as seeds_command
         return seeds_command(args, extra)
